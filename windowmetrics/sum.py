@@ -1,0 +1,64 @@
+"""WindowedSum: the sum of a quantity over windows of n updates."""
+
+from typing import Any, Optional, Union
+
+from torch import Tensor
+
+from windowmetrics.nan_strategy import NanStrategyArg
+from windowmetrics.scalars import Scalar
+from windowmetrics.value_window import ValueWindow, WindowSums
+
+
+class WindowedSum(ValueWindow):
+    """Sum of every element of every value over windows of ``window`` updates.
+
+    Counts such as samples or tokens seen per window, summed over processes. Sums are float64 (exact for
+    integer values up to 2**53) and the value is rounded once, to torch's default float dtype. See
+    :class:`~windowmetrics.window.WindowMetric` for the window contract.
+
+    As input to ``forward`` and ``update`` the metric accepts the following input
+
+    - ``value`` (:class:`~float` or :class:`~torch.Tensor`): a number, or a tensor of any shape and real dtype
+      (integers and bools are cast)
+
+    As output of ``forward`` and ``compute`` the metric returns the following output
+
+    - ``forward``: the latest window value (0-dim :class:`~torch.Tensor`), or ``None`` until a window completes
+    - ``compute``: the latest window value; before the first window completes, the sum of the updates so far
+      (0 with no update at all, as torchmetrics' ``SumMetric``)
+
+    Args:
+        window: number of ``update``/``forward`` calls that make one window, an int >= 1.
+        nan_strategy: what to do with NaN elements, as for :class:`~windowmetrics.WindowedMean`.
+        kwargs: torchmetrics' ``Metric`` keyword arguments, with their torchmetrics meaning.
+
+    Raises:
+        TypeError: If ``window`` is not an int, or ``nan_strategy`` is neither a name nor a number.
+        ValueError: If ``window`` is smaller than 1, or ``nan_strategy`` is an unknown name.
+
+    Example:
+        >>> import torch
+        >>> from windowmetrics import WindowedSum
+        >>> samples_seen = WindowedSum(window=3)
+        >>> for batch_size in (32, 32, 16):
+        ...     value = samples_seen(batch_size)
+        >>> value
+        tensor(80.)
+    """
+
+    def __init__(self, window: int, *, nan_strategy: NanStrategyArg = "disable", **kwargs: Any) -> None:
+        super().__init__(window, nan_strategy, **kwargs)
+
+    def update(self, value: Union[float, Tensor]) -> None:
+        """Add ``value``'s elements to the window; close it if this update completes it."""
+        self._accumulate(value, 1.0)
+        self._advance()
+
+    def forward(self, value: Union[float, Tensor]) -> Optional[Tensor]:
+        """Update, then return the latest window value, or ``None`` until a window has completed."""
+        self._accumulate(value, 1.0)
+        self._advance()
+        return self._forward_cache
+
+    def _value_of(self, sums: WindowSums) -> Scalar:
+        return sums[0]

@@ -1,0 +1,103 @@
+"""Windowed: any torchmetrics metric computed over windows of n updates."""
+
+import math
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from windowmetrics.validation import check_metric, describe
+from windowmetrics.window import WindowMetric
+
+
+class Windowed(WindowMetric):
+    """A torchmetrics ``Metric`` computed over the pooled updates of each window of ``window`` updates.
+
+    Every ``update`` goes to the wrapped metric. When a window closes, the wrapped metric's ``compute()``
+    (synchronised across processes by the wrapped metric's own settings) becomes the latest window value and
+    the wrapped metric is reset. A window's accuracy, F1 score or AUROC is therefore the metric over all the
+    samples of the window's batches, whatever their sizes, never an average of per-batch values. See
+    :class:`~windowmetrics.window.WindowMetric` for the window contract.
+
+    A ``Windowed`` metric never shares its states with another in a ``MetricCollection``: its window lives in
+    the wrapped metric, whose states are not its own.
+
+    As input to ``forward`` and ``update`` the metric accepts the inputs of the wrapped metric's ``update``.
+
+    As output of ``forward`` and ``compute`` the metric returns the following output
+
+    - ``forward``: the wrapped metric's value over the latest completed window (a :class:`~torch.Tensor`),
+      or ``None`` until a window completes
+    - ``compute``: the same; before the first window completes, the wrapped metric's value over the updates so
+      far (what the wrapped metric's ``compute()`` gives with no update at all, with its warning)
+
+    Args:
+        metric: the torchmetrics ``Metric`` to compute per window, whose ``compute()`` returns a tensor (as
+            Lightning's logging requires). A ``MetricCollection`` is not accepted: wrap each member instead.
+        window: number of ``update``/``forward`` calls that make one window, an int >= 1.
+
+    Raises:
+        TypeError: If ``metric`` is not a torchmetrics ``Metric`` or ``window`` is not an int; at a boundary,
+            if the wrapped metric's ``compute()`` did not return a tensor (the window is then discarded).
+        ValueError: If ``window`` is smaller than 1.
+
+    Example:
+        >>> import torch
+        >>> from torchmetrics.classification import MulticlassAccuracy
+        >>> from windowmetrics import Windowed
+        >>> accuracy = Windowed(MulticlassAccuracy(num_classes=3, average="micro"), window=2)
+        >>> print(accuracy(torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 1, 1])))
+        None
+        >>> accuracy(torch.tensor([1]), torch.tensor([1]))  # 3 right of 5 samples, not the mean of 50% and 100%
+        tensor(0.6000)
+    """
+
+    latest: Tensor
+
+    def __init__(self, metric: Metric, window: int) -> None:
+        metric = check_metric(metric)
+        # NaN is equal to nothing, not even itself: MetricCollection never merges this metric with another.
+        super().__init__(window, settings=(math.nan,))
+        self.metric = metric
+        # The wrapped metric's value over the latest window: the same on every process, never reduced.
+        self.add_state("latest", torch.zeros(()), dist_reduce_fx=None)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """Update the wrapped metric; close the window if this update completes it."""
+        self.metric.update(*args, **kwargs)
+        self._advance()
+
+    def forward(self, *args: Any, **kwargs: Any) -> Optional[Tensor]:
+        """Update, then return the latest window value, or ``None`` until a window has completed."""
+        self.metric.update(*args, **kwargs)
+        self._advance()
+        return self._forward_cache
+
+    def _close_window(self) -> None:
+        self.latest = self._window_value()
+
+    def _clear_window(self) -> None:
+        self.metric.reset()
+
+    def _latest_value(self) -> Tensor:
+        return self.latest
+
+    def _window_value(self) -> Tensor:
+        value = self.metric.compute()
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"Windowed needs a metric whose compute() returns a tensor; {type(self.metric).__name__}"
+                f" returned {describe(value)}"
+            )
+        return value
+
+    def reset(self) -> None:
+        """Clear the window, the latest value and the wrapped metric."""
+        super().reset()
+        self.metric.reset()
+
+    def persistent(self, mode: bool = False) -> None:
+        """Say whether ``state_dict()`` saves the states, the wrapped metric's included."""
+        super().persistent(mode)
+        self.metric.persistent(mode)
