@@ -163,11 +163,14 @@ class WindowMetric(Metric, ABC):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        """Load the states, unless they were saved by a differently configured metric."""
+        """Load the states, unless they were saved by a differently configured metric.
+
+        A refusal leaves this metric and its submodules (a wrapped metric) as they were.
+        """
         saved = state_dict.get(prefix + "settings")
         if saved is not None and not _same_numbers(saved, self.settings):
-            for name in self._defaults:
-                state_dict.pop(prefix + name, None)
+            for key in [key for key in state_dict if key.startswith(prefix)]:
+                del state_dict[key]
             error_msgs.append(
                 f"{prefix}settings: the states were saved by a differently configured metric ({saved.tolist()}"
                 f" instead of {self.settings.tolist()}, as [class code, window, other arguments])"

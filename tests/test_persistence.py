@@ -1,0 +1,122 @@
+"""state_dict round trips (on disk), refused foreign states, pickle, deepcopy, clone."""
+
+import copy
+import pickle
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum
+from windowmetrics.window import WindowMetric
+
+FACTORIES: dict[str, Callable[[], WindowMetric]] = {
+    "mean": lambda: WindowedMean(4),
+    "sum": lambda: WindowedSum(4),
+    "ema": lambda: EMALoss(0.9, window=3),
+    "windowed": lambda: Windowed(MulticlassAccuracy(num_classes=3), 4),
+}
+
+
+def inputs(seed: int, count: int, metric: WindowMetric) -> list[tuple]:
+    generator = torch.Generator().manual_seed(seed)
+    calls: list[tuple] = []
+    for _ in range(count):
+        size = int(torch.randint(1, 5, (), generator=generator))
+        if isinstance(metric, Windowed):
+            calls.append((torch.randint(0, 3, (size,), generator=generator),) * 2)
+            calls[-1] = (calls[-1][0], torch.randint(0, 3, (size,), generator=generator))
+        elif isinstance(metric, WindowedSum):
+            calls.append((torch.rand(size, generator=generator),))
+        else:
+            calls.append((torch.rand(size, generator=generator), float(size)))
+    return calls
+
+
+def outputs(metric: WindowMetric, calls: list[tuple]) -> list[Any]:
+    observed = []
+    for call in calls:
+        returned = metric(*call)
+        observed.append((None if returned is None else returned.clone(), metric.at_boundary, metric.compute()))
+    return observed
+
+
+def assert_same_outputs(first: list[Any], second: list[Any]) -> None:
+    assert len(first) == len(second)
+    for (returned_a, boundary_a, computed_a), (returned_b, boundary_b, computed_b) in zip(first, second, strict=True):
+        assert boundary_a == boundary_b
+        torch.testing.assert_close(returned_a, returned_b, rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(computed_a, computed_b, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize("split", [1, 5, 6, 9])
+def test_a_checkpoint_mid_window_resumes_exactly(name: str, split: int, tmp_path: Path, representation: str) -> None:
+    uninterrupted, before, after = FACTORIES[name](), FACTORIES[name](), FACTORIES[name]()
+    calls = inputs(split, 14, uninterrupted)
+    expected = outputs(uninterrupted, calls)
+    before.persistent(True)
+    outputs(before, calls[:split])
+    torch.save(before.state_dict(), tmp_path / "metric.pt")
+    after.persistent(True)
+    after.load_state_dict(torch.load(tmp_path / "metric.pt"))
+    assert after.update_count == split
+    assert_same_outputs(outputs(after, calls[split:]), expected[split:])
+
+
+def test_states_are_not_saved_unless_persistent() -> None:
+    metric = WindowedMean(2)
+    metric.update(1.0)
+    assert metric.state_dict() == {}
+
+
+@pytest.mark.parametrize(
+    ("saved", "loaded"),
+    [
+        (lambda: WindowedMean(3), lambda: WindowedMean(5)),
+        (lambda: WindowedMean(3), lambda: WindowedSum(3)),
+        (lambda: WindowedMean(3), lambda: WindowedMean(3, nan_strategy="ignore")),
+        (lambda: EMALoss(0.9), lambda: EMALoss(0.99)),
+        (lambda: Windowed(MeanMetric(), 3), lambda: Windowed(MeanMetric(), 4)),
+    ],
+)
+def test_states_of_a_differently_configured_metric_are_refused(saved: Callable, loaded: Callable) -> None:
+    source, target = saved(), loaded()
+    source.persistent(True)
+    target.persistent(True)
+    source.update(7.0)
+    target.update(1.0)
+    before = copy.deepcopy(target.state_dict())
+    with pytest.raises(RuntimeError, match="settings: the states were saved by a differently configured metric"):
+        target.load_state_dict(source.state_dict(), strict=False)
+    for key, value in target.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize(
+    "duplicate",
+    [copy.deepcopy, lambda metric: metric.clone(), lambda metric: pickle.loads(pickle.dumps(metric))],
+    ids=["deepcopy", "clone", "pickle"],
+)
+def test_copies_behave_like_the_original(name: str, duplicate: Callable, representation: str) -> None:
+    original = FACTORIES[name]()
+    calls = inputs(random.Random(name).randrange(1000), 12, original)
+    outputs(original, calls[:5])
+    copied = duplicate(original)
+    assert_same_outputs(outputs(copied, calls[5:]), outputs(original, calls[5:]))
+
+
+def test_a_copy_does_not_share_storage_with_the_original() -> None:
+    original = Windowed(MulticlassAccuracy(num_classes=3, average="micro"), 3)
+    original.update(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    copied = pickle.loads(pickle.dumps(original))
+    copied.update(torch.tensor([2, 2]), torch.tensor([0, 1]))
+    assert original.update_count == 1
+    assert original.compute() == torch.tensor(1.0)
+    assert copied.compute() == torch.tensor(0.5)
