@@ -6,8 +6,9 @@ from typing import Union
 import torch
 from torch import Tensor
 
+from windowmetrics import scalars
 from windowmetrics.nan_strategy import NanStrategy
-from windowmetrics.scalars import Scalar, host_value, on_host
+from windowmetrics.scalars import Scalar, host_value
 
 
 def contributions(
@@ -27,7 +28,7 @@ def contributions(
     if isinstance(weight, float) and nans.propagates:  # the default, and the common case: one reduction
         if isinstance(value, float):
             return value * weight, weight, 0.0
-        if value.dim() == 0 and on_host(value):
+        if value.dim() == 0 and scalars.PREFER_HOST and value.is_cpu:  # on_host(value), inlined
             return value.item() * weight, weight, 0.0
         return host_value(value.detach().sum(dtype=torch.float64)) * weight, weight * value.numel(), 0.0
     if isinstance(value, float) and isinstance(weight, float):

@@ -81,7 +81,7 @@ class EMALoss(ValueWindow):
         """Update, then return the average after the latest window, or ``None`` until a window has completed."""
         self._accumulate(value, weight)
         self._advance()
-        return self._forward_cache
+        return self._latest_value() if self._has_latest else None
 
     def _value_of(self, sums: WindowSums) -> Scalar:
         value_sum, weight_sum, _ = sums

@@ -74,7 +74,7 @@ class WindowedMean(ValueWindow):
         """Update, then return the latest window value, or ``None`` until a window has completed."""
         self._accumulate(value, weight)
         self._advance()
-        return self._forward_cache
+        return self._latest_value() if self._has_latest else None
 
     def _value_of(self, sums: WindowSums) -> Scalar:
         value_sum, weight_sum, _ = sums

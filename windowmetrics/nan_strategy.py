@@ -33,7 +33,7 @@ class NanStrategy:
     synchronises the host with the device on an update that is not a boundary.
     """
 
-    __slots__ = ("drops", "fill", "imputes", "name", "propagates")
+    __slots__ = ("drops", "fill", "imputes", "name", "propagates", "reports")
 
     def __init__(self, name: str, fill: float = math.nan) -> None:
         self.name = name
@@ -41,6 +41,7 @@ class NanStrategy:
         self.propagates = name == "disable"
         self.drops = name in ("ignore", "warn", "error")
         self.imputes = name == "impute"
+        self.reports = name in ("warn", "error")
 
     def __repr__(self) -> str:
         return f"NanStrategy({self.fill!r})" if self.imputes else f"NanStrategy({self.name!r})"
@@ -76,13 +77,12 @@ class NanStrategy:
     def report(self, nan_count: Scalar) -> None:
         """Warn about or raise for the NaN elements of a window, as the strategy says.
 
-        Reads ``nan_count`` from the device: called only where a window's value is produced.
+        Reads ``nan_count`` from the device: called only where a window's value is produced, and only for
+        the strategies that report (``"warn"``, ``"error"``).
 
         Raises:
             ValueError: If the strategy is ``"error"`` and ``nan_count`` is not zero.
         """
-        if self.name not in ("warn", "error"):
-            return
         count = int(nan_count)
         if not count:
             return

@@ -58,7 +58,7 @@ class WindowedSum(ValueWindow):
         """Update, then return the latest window value, or ``None`` until a window has completed."""
         self._accumulate(value, 1.0)
         self._advance()
-        return self._forward_cache
+        return self._latest_value() if self._has_latest else None
 
     def _value_of(self, sums: WindowSums) -> Scalar:
         return sums[0]

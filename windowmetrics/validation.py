@@ -72,15 +72,15 @@ def check_value(value: object, device: torch.device) -> Union[float, Tensor]:
         TypeError: If ``value`` is neither a real number nor a tensor, or is a complex tensor.
         ValueError: If ``value`` is a tensor on another device than the metric.
     """
-    if isinstance(value, float):  # checked first: an ABC check of numbers.Real costs ten times more
-        return value
     if isinstance(value, Tensor):
-        if value.is_complex():
+        if value.dtype.is_complex:
             raise TypeError(f"`value` must be real-valued, got {describe(value)}")
         if value.device != device:
             raise ValueError(
                 f"`value` is on {value.device} but the metric is on {device}: move the metric with `.to(device)`"
             )
+        return value
+    if isinstance(value, float):  # checked before numbers.Real, an ABC check that costs ten times more
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"`value` must be a real number or a real-valued tensor, got {describe(value)}")
@@ -98,7 +98,7 @@ def check_weight(weight: object, value: Union[float, Tensor], device: torch.devi
     if isinstance(weight, float):  # the default; checked first, as numbers.Real is a slow ABC check
         return weight
     if isinstance(weight, Tensor):
-        if weight.is_complex():
+        if weight.dtype.is_complex:
             raise TypeError(f"`weight` must be real-valued, got {describe(weight)}")
         if weight.device != device:
             raise ValueError(

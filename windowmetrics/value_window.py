@@ -51,11 +51,11 @@ class ValueWindow(WindowMetric):
 
     def _accumulate(self, value: object, weight: object) -> None:
         """Check an update's inputs, then add them to the window; raise before changing anything."""
-        device = self.device
+        device = self._device  # torchmetrics' attribute behind the `device` property
         checked_value = check_value(value, device)
-        value_sum, weight_sum, nan_count = contributions(
-            checked_value, check_weight(weight, checked_value, device), self._nans
-        )
+        if not isinstance(weight, float):  # a float, the default, needs no check
+            weight = check_weight(weight, checked_value, device)
+        value_sum, weight_sum, nan_count = contributions(checked_value, weight, self._nans)
         scalars = self._scalars
         # `a = a + b`, never `a += b`: a tensor sum may be shared with MetricCollection members or other processes
         scalars["value_sum"] = scalars["value_sum"] + value_sum
@@ -70,7 +70,8 @@ class ValueWindow(WindowMetric):
             sums = sum_over_processes(  # type: ignore[assignment]  # three sums in, three sums out
                 sums, self._update_count, self.device, self.process_group, self.dist_sync_fn
             )
-        self._nans.report(sums[2])
+        if self._nans.reports:
+            self._nans.report(sums[2])
         return sums
 
     @abstractmethod
@@ -81,26 +82,26 @@ class ValueWindow(WindowMetric):
         self._scalars["latest"] = self._value_of(self._window_sums())
 
     def _clear_window(self) -> None:
-        self._scalars.update(dict.fromkeys(_WINDOW_SUMS, 0.0))
+        scalars = self._scalars
+        scalars["value_sum"] = scalars["weight_sum"] = scalars["nan_count"] = 0.0
 
     def _latest_value(self) -> Tensor:
-        """Return the latest window value as a tensor, created once per window and default dtype."""
+        """Return the latest window value as a tensor of the default dtype, created once per window."""
         latest, dtype = self._scalars["latest"], torch.get_default_dtype()
         presented = self._presented
         if presented is None or presented[0] is not latest or presented[1] is not dtype:
-            presented = (latest, dtype, self._rounded(latest))
+            presented = (latest, dtype, self._rounded(latest, dtype))
             assign(self, "_presented", presented)
         return presented[2]
 
     def _window_value(self) -> Tensor:
-        return self._rounded(self._value_of(self._window_sums()))
+        return self._rounded(self._value_of(self._window_sums()), torch.get_default_dtype())
 
-    def _rounded(self, value: Scalar) -> Tensor:
-        """Round a float64 value once, to torch's default float dtype at the time of the call."""
-        dtype = torch.get_default_dtype()
+    def _rounded(self, value: Scalar, dtype: torch.dtype) -> Tensor:
+        """Round a float64 value once, to ``dtype`` (torch's default float dtype at the time of the call)."""
         if isinstance(value, Tensor):
             return value.to(dtype)
-        return torch.full((), value, dtype=dtype, device=self.device)
+        return torch.full((), value, dtype=dtype, device=self._device)
 
     def _sync_dist(
         self, dist_sync_fn: Callable[..., list[Tensor]] = gather_all_tensors, process_group: Optional[Any] = None

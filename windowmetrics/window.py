@@ -99,12 +99,11 @@ class WindowMetric(Metric, ABC):
 
     def _advance(self) -> None:
         """Count one update and, if it completes the window, close the window."""
-        updates = self._update_count + 1
-        assign(self, "_update_count", updates)
-        assign(self, "_computed", None)
+        attributes = self.__dict__  # plain attributes, set without nn.Module.__setattr__
+        updates = attributes["_update_count"] = self._update_count + 1
+        attributes["_computed"] = None
         if updates % self.window:
-            if self._at_boundary:
-                assign(self, "_at_boundary", False)
+            attributes["_at_boundary"] = False
         else:
             self._close()
 

@@ -72,7 +72,7 @@ class Windowed(WindowMetric):
         """Update, then return the latest window value, or ``None`` until a window has completed."""
         self.metric.update(*args, **kwargs)
         self._advance()
-        return self._forward_cache
+        return self._latest_value() if self._has_latest else None
 
     def _close_window(self) -> None:
         self.latest = self._window_value()
