@@ -1,0 +1,61 @@
+"""Run a function in each process of a real two-process gloo group on this machine's loopback interface."""
+
+import pickle
+import socket
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch.distributed as dist
+from torch.multiprocessing.spawn import spawn
+
+WORLD_SIZE = 2
+TIMEOUT = timedelta(seconds=60)
+"""How long a collective waits for a missing peer before it fails (gloo's default is 30 minutes)."""
+
+Worker = Callable[..., Any]
+"""``worker(rank, *args)``: runs in each process once the group is up; what it returns goes to the parent."""
+
+
+def skip_without_gloo() -> None:
+    """Skip the calling test, saying why, if this torch build cannot make a gloo process group."""
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available in this torch build")
+    if not dist.is_gloo_available():
+        pytest.skip("the gloo backend of torch.distributed is not available in this torch build")
+
+
+def free_port() -> int:
+    """Return a TCP port on the loopback interface that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def run_in_process_group(worker: Worker, directory: Path, *args: Any) -> list[Any]:
+    """Spawn :data:`WORLD_SIZE` processes in one gloo group, run ``worker(rank, *args)`` in each, return the results.
+
+    ``worker`` must be importable by name (a module-level function), and ``args`` are pickled into each process
+    by ``torch.multiprocessing`` (CPU tensors travel through shared memory). A worker's exception is re-raised
+    here, and the other process is stopped.
+    """
+    skip_without_gloo()
+    spawn(_process, args=(free_port(), directory, worker, args), nprocs=WORLD_SIZE)  # type: ignore[no-untyped-call]
+    return [pickle.loads(_result_file(directory, rank).read_bytes()) for rank in range(WORLD_SIZE)]
+
+
+def _process(rank: int, port: int, directory: Path, worker: Worker, args: tuple[Any, ...]) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE, timeout=TIMEOUT
+    )
+    try:
+        result = worker(rank, *args)
+        _result_file(directory, rank).write_bytes(pickle.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def _result_file(directory: Path, rank: int) -> Path:
+    return directory / f"rank{rank}.pickle"
