@@ -163,7 +163,7 @@ class Results:
     bare_compute: dict[tuple[str, str], list[Collective]] = field(default_factory=dict)
     uneven: dict[str, str] = field(default_factory=dict)
     collection: dict[bool, "CollectionRun"] = field(default_factory=dict)
-    manual_sync: dict[str, "ManualSync"] = field(default_factory=dict)
+    manual_sync: dict[tuple[str, bool], "ManualSync"] = field(default_factory=dict)
     pickled: dict[str, tuple[Optional[float], float]] = field(default_factory=dict)
 
 
@@ -188,7 +188,10 @@ def worker(rank: int, pickled: dict[str, WindowMetric]) -> Results:
                 results.bare_compute[kind, sync] = bare_compute(kind, rank, _sync_kwargs(sync, groups), log)
     results.uneven = uneven_scenarios(rank)
     results.collection = {use_forward: collection_scenario(rank, use_forward, log) for use_forward in (True, False)}
-    results.manual_sync = {kind: manual_sync_scenario(kind, rank, log) for kind in VALUE_KINDS}
+    for kind in VALUE_KINDS:
+        for host in (True, False):
+            with representation(host):
+                results.manual_sync[kind, host] = manual_sync_scenario(kind, rank, log)
     return results
 
 

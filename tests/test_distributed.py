@@ -252,13 +252,16 @@ def window_sums_of(kind: str, calls: Sequence[Args]) -> tuple[float, float, floa
     return value_sum, weight_sum, float(nans)
 
 
+@pytest.mark.parametrize("host", [True, False], ids=["host", "tensor"])
 @pytest.mark.parametrize("kind", VALUE_KINDS)
-def test_manual_sync_gives_global_sums_then_restores_local_ones(distributed: Distributed, kind: str) -> None:
+def test_manual_sync_gives_global_sums_then_restores_local_ones(
+    distributed: Distributed, kind: str, host: bool
+) -> None:
     inputs = manual_sync_inputs(kind)
     before_last = [own[: MANUAL_SYNC_WINDOW - 1] for own in inputs.calls]
     global_sums = window_sums_of(kind, [args for own in before_last for args in own])
     for rank, results in enumerate(distributed.results):
-        run = results.manual_sync[kind]
+        run = results.manual_sync[kind, host]
         local_sums = window_sums_of(kind, before_last[rank])
         assert all(map(close, run.local, local_sums)), (rank, run.local, local_sums)
         assert all(map(close, run.synced, global_sums)), (rank, run.synced, global_sums)
