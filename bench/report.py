@@ -223,13 +223,16 @@ def memory_target(groups: Groups) -> list[str]:
     measured = [
         (rows[a].columns[STATE_BYTES], rows[b].columns[STATE_BYTES]) for a, b in pairs if a in rows and b in rows
     ]
+    target = f"state memory independent of the window (window {short:,} vs {long:,})"
+    if not measured:
+        return [target, "", verdict(None)]
     running = [rows.get(windowed("RunningMean", window)) for window in MEMORY_WINDOWS]
     running_bytes = " → ".join(f"{row.columns[STATE_BYTES]:,}" for row in running if row) or "not measured"
     return [
-        f"state memory independent of the window (window {short:,} vs {long:,})",
+        target,
         f"{sum(a == b for a, b in measured)} of {len(measured)} windowmetrics keep the same state bytes;"
         f" RunningMean: {running_bytes} bytes",
-        verdict(all(a == b for a, b in measured) if measured else None),
+        verdict(all(a == b for a, b in measured)),
     ]
 
 
