@@ -1,0 +1,40 @@
+"""The group titles and row labels that the benchmarks record and the report's headline reads."""
+
+WINDOW = 100
+"""The typical window of the benchmarks; window 1 (a window closes at every step) is measured beside it."""
+
+OPERATIONS = ("forward", "update")
+
+SCALAR = "scalar loss (0-dim float32)"
+PER_SAMPLE = "per-sample loss (256 float32)"
+ACCURACY_INPUTS = "MulticlassAccuracy inputs (256 samples, 10 classes)"
+
+LIGHTNING = "Lightning training step"
+MEMORY = "state memory"
+
+FLOOR = "floor: acc.add_(loss)"
+FLOOR_OF_SUM = "floor: acc.add_(loss.sum())"
+HAND_WRITTEN = "hand-written: total += loss.item()"
+MEAN_METRIC = "MeanMetric"
+SUM_METRIC = "SumMetric"
+ACCURACY = "MulticlassAccuracy"
+
+
+def group(operation: str, inputs: str) -> str:
+    """Return the title of the group that times ``operation`` (``forward`` or ``update``) on ``inputs``."""
+    return f"{operation}, {inputs}"
+
+
+def windowed(name: str, window: int) -> str:
+    """Return the label of a metric benchmarked at ``window``: ``"WindowedMean(window=100)"``."""
+    return f"{name}(window={window})"
+
+
+def wrapped(metric: str, window: int) -> str:
+    """Return the label of a torchmetrics metric wrapped in ``Windowed``: ``"Windowed(MeanMetric(), window=100)"``."""
+    return f"Windowed({metric}(), window={window})"
+
+
+MEMORY_WINDOWS = (10, 100_000)
+STATE_BYTES = "state bytes (state_dict)"
+HEAP_BYTES = "Python heap bytes (tracemalloc)"

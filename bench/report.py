@@ -1,0 +1,288 @@
+"""Write bench/README.md from the JSON of a pytest-benchmark run: ``python -m bench.report RESULTS.json OUTPUT.md``.
+
+Every benchmark in the JSON appears in the table of its pytest-benchmark ``group``, groups in the order in which
+they ran, so benchmarks added to bench/ later join the report without changes here. A row reads these optional
+``extra_info`` keys: ``label`` (the row's name, else the test's), ``reference`` (true for the row that the whole
+group is divided by, e.g. the floor) and ``counterpart`` (the label of another row of the group that this row is
+divided by, e.g. its torchmetrics counterpart); any other key becomes a column. Times are medians over the rounds,
+ratios are ratios of medians. The targets at the top are read from the rows that bench/names.py names.
+"""
+
+import argparse
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Optional
+
+from bench.names import (
+    ACCURACY_INPUTS,
+    FLOOR,
+    LIGHTNING,
+    MEAN_METRIC,
+    MEMORY,
+    MEMORY_WINDOWS,
+    OPERATIONS,
+    PER_SAMPLE,
+    SCALAR,
+    STATE_BYTES,
+    WINDOW,
+    group,
+    windowed,
+    wrapped,
+)
+
+_READ_KEYS = ("label", "reference", "counterpart")
+COMMAND = (
+    "python3 -m venv .venv && .venv/bin/pip install -q torch==2.13.0 -e '.[dev]'"
+    " && .venv/bin/python -m pytest bench --benchmark-min-time=0.0005 --benchmark-max-time=0.5"
+    " --benchmark-json=.benchmarks/bench.json"
+    " && .venv/bin/python -m bench.report .benchmarks/bench.json bench/README.md"
+)
+GROUP_ORDER = [
+    *(group(operation, inputs) for inputs in (SCALAR, PER_SAMPLE, ACCURACY_INPUTS) for operation in OPERATIONS),
+    LIGHTNING,
+    MEMORY,
+]
+
+METHOD = """\
+## How it is measured
+
+- One process, one thread (`torch.set_num_threads(1)`), every benchmark side by side in the same run; numbers are
+  medians over the rounds and ratios are ratios of medians, so they compare like with like on this machine. No
+  benchmark asserts a time.
+- `forward` is the metric's `__call__` (what `metric(loss)` costs a user), `update` is `metric.update(loss)`. Each
+  metric is first called for two windows, so the timed calls are in steady state and a window closes at its real
+  rate (one call in `window`; with `window=1`, every call). pytest-benchmark calibrates each round to at least
+  0.5 ms of calls; its loop's own cost (about 50 ns a call) is in every row, the floor's included.
+- The floor is one in-place `add_` on a 0-dim tensor: `acc.add_(loss)` for the scalar loss and `acc.add_(loss.sum())`
+  for the per-sample loss (the least that summing it costs). The hand-written accumulator is the seeds' style:
+  `total += loss.item()` (`loss.sum().item()` for the per-sample loss), a counter and the mean every 100 steps.
+- torchmetrics' `MeanMetric` and `SumMetric` run with their default `nan_strategy="warn"`, which checks every update
+  for NaN; `RunningMean`/`RunningSum` keep a copy of the wrapped metric's states per window slot, and their `forward`
+  returns the batch's value, not the running one.
+- Lightning: a linear regression on random data (batch 32, 16 features), `Trainer` on CPU with a `CSVLogger`,
+  no progress bar, checkpointing or model summary. A callback records `time.perf_counter()` at every
+  `on_train_batch_start`; the first 100 steps are a warm-up (Trainer start-up is never timed), then each round is
+  the mean step time over 100 steps, a full window, so a metric logged only at its boundary is charged its real rate.
+  The three windowmetrics are `WindowedMean(100)` of the loss weighted by the batch size, `WindowedSum(100)` of
+  the batch size and `EMALoss(window=100)` of the loss.
+- Memory: the bytes of all state tensors that `state_dict()` saves with `persistent(True)`, and the Python heap
+  (tracemalloc) that building the metric and 1000 updates leave allocated; tracemalloc sees tensor objects but not
+  torch's tensor storage, which the first column counts.
+"""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One benchmark of the JSON: its label, its statistics (seconds) and what the report compares it with."""
+
+    label: str
+    median: float
+    minimum: float
+    rounds: int
+    reference: bool
+    counterpart: Optional[str]
+    columns: dict[str, Any]
+
+    @classmethod
+    def read(cls, benchmark: dict[str, Any]) -> "Row":
+        extra_info = benchmark.get("extra_info") or {}
+        stats = benchmark["stats"]
+        return cls(
+            label=str(extra_info.get("label", benchmark["name"])),
+            median=stats["median"],
+            minimum=stats["min"],
+            rounds=stats["rounds"],
+            reference=bool(extra_info.get("reference", False)),
+            counterpart=extra_info.get("counterpart"),
+            columns={key: value for key, value in extra_info.items() if key not in _READ_KEYS},
+        )
+
+
+Groups = dict[str, dict[str, Row]]
+
+
+def read_groups(benchmarks: Iterable[dict[str, Any]]) -> Groups:
+    """Return the rows by group and label: rows in the order in which they ran, groups in ``GROUP_ORDER``'s order,
+    then the other groups in the order in which they ran."""
+    groups: Groups = {}
+    for benchmark in benchmarks:
+        row = Row.read(benchmark)
+        groups.setdefault(benchmark.get("group") or "ungrouped", {})[row.label] = row
+    ordered = sorted(groups, key=lambda title: GROUP_ORDER.index(title) if title in GROUP_ORDER else len(GROUP_ORDER))
+    return {title: groups[title] for title in ordered}
+
+
+def microseconds(seconds: float) -> str:
+    value = seconds * 1e6
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def times(ratio: float) -> str:
+    if ratio >= 10:
+        return f"{ratio:,.0f}×"
+    return f"{ratio:.2f}×" if ratio >= 1 else f"{ratio:.3f}×"
+
+
+def cell(value: object) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def markdown_table(header: list[str], body: Iterable[list[str]], numbers: bool = True) -> Iterator[str]:
+    """Return a markdown table; with ``numbers``, every column but the first is aligned right."""
+    yield "| " + " | ".join(header) + " |"
+    yield "|" + "|".join("---:" if index and numbers else "---" for index in range(len(header))) + "|"
+    for line in body:
+        yield "| " + " | ".join(line) + " |"
+
+
+def group_table(rows: dict[str, Row]) -> Iterator[str]:
+    """Return a group's table: times in µs, ratios to its reference row and to each row's counterpart, extra columns."""
+    reference = next((row for row in rows.values() if row.reference), None)
+    has_counterparts = any(row.counterpart for row in rows.values())
+    extra = list(dict.fromkeys(key for row in rows.values() for key in row.columns))
+    header = ["", "median µs", "min µs", "rounds"]
+    header += [f"÷ {reference.label}"] if reference else []
+    header += ["÷ torchmetrics counterpart"] if has_counterparts else []
+    header += extra
+
+    def line(row: Row) -> list[str]:
+        cells = [row.label, microseconds(row.median), microseconds(row.minimum), str(row.rounds)]
+        cells += [times(row.median / reference.median)] if reference else []
+        if has_counterparts:
+            counterpart = rows.get(row.counterpart or "")
+            cells.append(f"{times(row.median / counterpart.median)} {counterpart.label}" if counterpart else "")
+        return cells + [cell(row.columns.get(key, "")) for key in extra]
+
+    return markdown_table(header, (line(row) for row in rows.values()))
+
+
+def ratio(groups: Groups, title: str, numerator: str, denominator: str) -> Optional[float]:
+    """Return the ratio of two rows' medians in a group, or ``None`` if either was not measured."""
+    rows = groups.get(title, {})
+    if numerator not in rows or denominator not in rows:
+        return None
+    return rows[numerator].median / rows[denominator].median
+
+
+def verdict(met: Optional[bool]) -> str:
+    return "not measured" if met is None else ("yes" if met else "**no**")
+
+
+def forward_targets(groups: Groups) -> Iterator[list[str]]:
+    title = group("forward", SCALAR)
+    mean = windowed("WindowedMean", WINDOW)
+    to_floor = ratio(groups, title, mean, FLOOR)
+    yield [
+        f"`{mean}.forward` on a scalar ≤ 3× the floor",
+        times(to_floor) if to_floor else "",
+        verdict(None if to_floor is None else to_floor <= 3),
+    ]
+    speed_up = ratio(groups, title, MEAN_METRIC, mean)
+    yield [
+        f"`{mean}.forward` on a scalar ≥ 20× faster than `MeanMetric.forward`",
+        f"{times(speed_up)} faster" if speed_up else "",
+        verdict(None if speed_up is None else speed_up >= 20),
+    ]
+
+
+def sibling_ratios(groups: Groups) -> Iterator[tuple[float, str]]:
+    """Yield each of WindowedSum's and EMALoss's times over WindowedMean's, at the same operation, input and window."""
+    for title in (group(operation, inputs) for inputs in (SCALAR, PER_SAMPLE) for operation in OPERATIONS):
+        for window in (1, WINDOW):
+            for name in ("WindowedSum", "EMALoss"):
+                measured = ratio(groups, title, windowed(name, window), windowed("WindowedMean", window))
+                if measured is not None:
+                    yield measured, f"{windowed(name, window)}, {title}"
+
+
+def sibling_target(groups: Groups) -> list[str]:
+    ratios = sorted(sibling_ratios(groups), reverse=True)
+    if not ratios:
+        return ["WindowedSum and EMALoss within 1.5× of WindowedMean", "", verdict(None)]
+    worst, where = ratios[0]
+    return [
+        "`WindowedSum` and `EMALoss` within 1.5× of `WindowedMean` (same operation, input and window)",
+        f"worst {times(worst)} ({where}); {sum(r <= 1.5 for r, _ in ratios)} of {len(ratios)} within",
+        verdict(worst <= 1.5),
+    ]
+
+
+def memory_target(groups: Groups) -> list[str]:
+    rows = groups.get(MEMORY, {})
+    short, long = MEMORY_WINDOWS
+    labels = [
+        *(partial(windowed, name) for name in ("WindowedMean", "WindowedSum", "EMALoss")),
+        partial(wrapped, MEAN_METRIC),
+    ]
+    pairs = [(label(short), label(long)) for label in labels]
+    measured = [
+        (rows[a].columns[STATE_BYTES], rows[b].columns[STATE_BYTES]) for a, b in pairs if a in rows and b in rows
+    ]
+    target = f"state memory independent of the window (window {short:,} vs {long:,})"
+    if not measured:
+        return [target, "", verdict(None)]
+    running = [rows.get(windowed("RunningMean", window)) for window in MEMORY_WINDOWS]
+    running_bytes = " → ".join(f"{row.columns[STATE_BYTES]:,}" for row in running if row) or "not measured"
+    return [
+        target,
+        f"{sum(a == b for a, b in measured)} of {len(measured)} windowmetrics keep the same state bytes;"
+        f" RunningMean: {running_bytes} bytes",
+        verdict(all(a == b for a, b in measured)),
+    ]
+
+
+def targets(groups: Groups) -> Iterator[str]:
+    body = [*forward_targets(groups), sibling_target(groups), memory_target(groups)]
+    return markdown_table(["target", "measured", "met"], body, numbers=False)
+
+
+def machine(results: dict[str, Any]) -> Iterator[str]:
+    info = results["machine_info"]
+    versions = ", ".join(f"{name} {number}" for name, number in info.get("versions", {}).items())
+    commit = results.get("commit_info", {})
+    cores, threads = info.get("cpu_count", "?"), info.get("torch_threads", "?")
+    yield f"- Machine: {info['cpu'].get('brand_raw', '?')}, {cores} cores, {info['system']}; {threads} torch thread"
+    yield f"- Versions: {versions}"
+    dirty = " (dirty)" if commit.get("dirty") else ""
+    seconds = info.get("suite_seconds", 0)
+    yield f"- Run: {results['datetime']}, commit {commit.get('id', '?')[:12]}{dirty}, suite {seconds:.0f} s"
+
+
+def report(results: dict[str, Any]) -> str:
+    groups = read_groups(results["benchmarks"])
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `bench/report.py` from one run of the suite; regenerate it from the repository root with:",
+        "",
+        f"```\n{COMMAND}\n```",
+        "",
+        *machine(results),
+        "",
+        "## Targets",
+        "",
+        *targets(groups),
+        "",
+    ]
+    for title, rows in groups.items():
+        lines += [f"## {title}", "", *group_table(rows), ""]
+    return "\n".join([*lines, METHOD])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="the JSON written by pytest --benchmark-json")
+    parser.add_argument("output", type=Path, help="the markdown file to write")
+    arguments = parser.parse_args()
+    text = report(json.loads(arguments.results.read_text()))
+    arguments.output.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
