@@ -8,7 +8,7 @@ from torch import Tensor
 
 from windowmetrics import scalars
 from windowmetrics.nan_strategy import NanStrategy
-from windowmetrics.scalars import Scalar, host_value
+from windowmetrics.scalars import Scalar, host_value, new_scalar_tensor
 
 
 def contributions(
@@ -30,7 +30,9 @@ def contributions(
             return value * weight, weight, 0.0
         if value.dim() == 0 and scalars.PREFER_HOST and value.is_cpu:  # on_host(value), inlined
             return value.item() * weight, weight, 0.0
-        return host_value(value.detach().sum(dtype=torch.float64)) * weight, weight * value.numel(), 0.0
+        if value.requires_grad:
+            value = value.detach()
+        return host_value(value.sum(dtype=torch.float64)) * weight, weight * value.numel(), 0.0
     if isinstance(value, float) and isinstance(weight, float):
         return _number_contributions(value, weight, nans)
     return _tensor_contributions(value, weight, nans)
@@ -64,4 +66,4 @@ def _tensor_contributions(
 def _float64(number: Union[float, Tensor], device: torch.device) -> Tensor:
     if isinstance(number, Tensor):
         return number.detach().to(torch.float64)
-    return torch.full((), number, dtype=torch.float64, device=device)
+    return new_scalar_tensor(number, torch.float64, device)

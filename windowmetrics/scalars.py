@@ -31,8 +31,15 @@ def as_tensor(scalar: Scalar, device: torch.device) -> Tensor:
     """Return ``scalar`` as a 0-dim float64 tensor, created on ``device`` if it is a Python float."""
     if isinstance(scalar, Tensor):
         return scalar
-    # torch.full passes the number to a fill kernel: no host-to-device copy, and half the cost of torch.tensor
-    return torch.full((), scalar, dtype=torch.float64, device=device)
+    return new_scalar_tensor(scalar, torch.float64, device)
+
+
+def new_scalar_tensor(number: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Return a 0-dim tensor holding ``number`` rounded once to ``dtype``, created on ``device``.
+
+    The number is passed to a fill kernel: no host-to-device copy, and half the cost of ``torch.tensor``.
+    """
+    return torch.scalar_tensor(number, dtype=dtype, device=device)
 
 
 def as_scalar(tensor: Tensor) -> Scalar:

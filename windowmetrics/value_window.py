@@ -11,7 +11,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 from windowmetrics.contributions import contributions
 from windowmetrics.distributed import sum_over_processes
 from windowmetrics.nan_strategy import NanStrategy, NanStrategyArg
-from windowmetrics.scalars import Scalar, ScalarState
+from windowmetrics.scalars import Scalar, ScalarState, new_scalar_tensor
 from windowmetrics.validation import check_value, check_weight
 from windowmetrics.window import WindowMetric, assign
 
@@ -101,7 +101,7 @@ class ValueWindow(WindowMetric):
         """Round a float64 value once, to ``dtype`` (torch's default float dtype at the time of the call)."""
         if isinstance(value, Tensor):
             return value.to(dtype)
-        return torch.full((), value, dtype=dtype, device=self._device)
+        return new_scalar_tensor(value, dtype, self._device)
 
     def _sync_dist(
         self, dist_sync_fn: Callable[..., list[Tensor]] = gather_all_tensors, process_group: Optional[Any] = None

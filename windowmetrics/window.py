@@ -108,13 +108,13 @@ class WindowMetric(Metric, ABC):
             self._close()
 
     def _close(self) -> None:
-        assign(self, "_at_boundary", False)
+        attributes = self.__dict__
+        attributes["_at_boundary"] = False
         try:
             self._close_window()
         finally:
             self._clear_window()
-        assign(self, "_has_latest", True)
-        assign(self, "_at_boundary", True)
+        attributes["_has_latest"] = attributes["_at_boundary"] = True
 
     def compute(self) -> Tensor:
         """Return the latest window value; before the first window completes, the value of the updates so far."""
