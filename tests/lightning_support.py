@@ -7,6 +7,7 @@ the tests check. They live in an importable module so that ``ddp_spawn`` can unp
 
 import csv
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -242,6 +243,15 @@ class CollectionLoggingModule(RecordingModule):
             name: reported(metric._forward_cache) if isinstance(metric, WindowMetric) else None
             for name, metric in collection.items(keep_base=True, copy_state=False)
         }
+
+
+LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK", "LOCAL_RANK", "GLOBAL_RANK")
+
+
+def subprocess_environment() -> dict[str, str]:
+    """This process's environment without the variables of a distributed launch, which an earlier in-process
+    run may have left: a subprocess that starts processes of its own must choose its own port and ranks."""
+    return {name: value for name, value in os.environ.items() if name not in LAUNCH_VARIABLES}
 
 
 def read_csv(path: Path) -> list[dict[str, float]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
-from tests.lightning_support import LIGHTNING_NOISE
+from tests.lightning_support import LIGHTNING_NOISE, subprocess_environment
 from tests.reference import ema_of, mean_of
 from windowmetrics import demo
 
@@ -24,7 +24,10 @@ SMALL = ["--epochs", "2", "--samples", "320", "--batch-size", "16", "--window", 
 
 def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "windowmetrics.demo", *args]
-    return subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, timeout=240, check=False)
+    environment = subprocess_environment()
+    return subprocess.run(
+        command, cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=240, check=False
+    )
 
 
 def logged_epochs(output: Path) -> list[list[dict[str, str]]]:

@@ -14,7 +14,7 @@ import pytest
 import torch.distributed as dist
 
 from tests.ddp_fit import EPOCHS, WINDOW, fit_on_two_processes
-from tests.lightning_support import LIGHTNING_NOISE, read_csv, read_records
+from tests.lightning_support import LIGHTNING_NOISE, read_csv, read_records, subprocess_environment
 from tests.logged_reference import check_window_module_rows
 
 pytestmark = [
@@ -25,7 +25,6 @@ pytestmark = [
 ]
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK", "LOCAL_RANK", "GLOBAL_RANK")
 
 
 @pytest.fixture
@@ -38,11 +37,10 @@ def restore_environ() -> Iterator[None]:
 
 
 def fit_with_ddp_in_a_subprocess(out_dir: Path) -> None:
-    environment = {name: value for name, value in os.environ.items() if name not in LAUNCH_VARIABLES}
     completed = subprocess.run(
         [sys.executable, "-m", "tests.ddp_fit", "ddp", str(out_dir)],
         cwd=REPOSITORY,
-        env=environment,
+        env=subprocess_environment(),
         capture_output=True,
         text=True,
         timeout=240,
