@@ -58,6 +58,19 @@ def loader() -> Any:
     return synthetic_loader(seed=7, batches=BATCHES, batch_size=4)
 
 
+def trainer(directory: Path, max_epochs: int) -> Trainer:
+    """A quiet CPU Trainer that writes every step's logged values to ``directory/logs/version_0/metrics.csv``."""
+    return Trainer(
+        accelerator="cpu",
+        max_epochs=max_epochs,
+        log_every_n_steps=1,
+        logger=CSVLogger(directory, name="logs", version=0),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+
+
 def linear_model() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Linear(3, 1)
@@ -67,16 +80,7 @@ def test_the_lightning_example_logs_one_value_per_window_and_none_before_the_fir
     model = readme_example("lightning")["Model"](window=WINDOW)
     model.net = linear_model()  # the synthetic data have 3 features
     model.loss_fn = RecordingLoss()
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=2,
-        log_every_n_steps=1,
-        logger=CSVLogger(tmp_path, name="logs", version=0),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
-    trainer.fit(model, loader())
+    trainer(tmp_path, max_epochs=2).fit(model, loader())
     with (tmp_path / "logs" / "version_0" / "metrics.csv").open(newline="") as file:
         logged = {int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(file)}
     calls = model.loss_fn.calls
@@ -116,16 +120,7 @@ def classification_loader() -> Any:
 def test_the_windowed_example_logs_accuracy_and_mae_over_the_samples_of_each_window(tmp_path: Path) -> None:
     model = readme_example("windowed")["Classifier"](window=WINDOW)
     model.net = RecordingNet(features=8)
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        log_every_n_steps=1,
-        logger=CSVLogger(tmp_path, name="logs", version=0),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
-    trainer.fit(model, classification_loader())
+    trainer(tmp_path, max_epochs=1).fit(model, classification_loader())
     with (tmp_path / "logs" / "version_0" / "metrics.csv").open(newline="") as file:
         rows = {int(row["step"]): row for row in csv.DictReader(file)}
     targets = [y for _, y in classification_loader()]

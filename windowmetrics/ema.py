@@ -1,17 +1,16 @@
 """EMALoss: an exponential moving average of window means, bias-corrected."""
 
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
-from torch import Tensor
 
 from windowmetrics.nan_strategy import NanStrategyArg
-from windowmetrics.scalars import Scalar, ScalarState, divide, where
+from windowmetrics.scalars import ScalarState, divide, where
 from windowmetrics.validation import check_decay
-from windowmetrics.value_window import ValueWindow, WindowSums
+from windowmetrics.value_window import WeightedMeanWindow
 
 
-class EMALoss(ValueWindow):
+class EMALoss(WeightedMeanWindow):
     r"""Exponential moving average of a loss, fed one window mean per window, bias-corrected.
 
     Each window's weighted mean :math:`m` (exactly as :class:`~windowmetrics.WindowedMean` computes it, over
@@ -71,21 +70,6 @@ class EMALoss(ValueWindow):
         # Computed from synchronised window means: the same on every process, never reduced.
         self.add_state("ema_numerator", torch.zeros((), dtype=torch.float64), dist_reduce_fx=None)
         self.add_state("ema_denominator", torch.zeros((), dtype=torch.float64), dist_reduce_fx=None)
-
-    def update(self, value: Union[float, Tensor], weight: Union[float, Tensor] = 1.0) -> None:
-        """Add ``value``'s elements with ``weight`` to the window; fold its mean in if this update closes it."""
-        self._accumulate(value, weight)
-        self._advance()
-
-    def forward(self, value: Union[float, Tensor], weight: Union[float, Tensor] = 1.0) -> Optional[Tensor]:
-        """Update, then return the average after the latest window, or ``None`` until a window has completed."""
-        self._accumulate(value, weight)
-        self._advance()
-        return self._latest_value() if self._has_latest else None
-
-    def _value_of(self, sums: WindowSums) -> Scalar:
-        value_sum, weight_sum, _ = sums
-        return divide(value_sum, weight_sum)
 
     def _close_window(self) -> None:
         sums = self._window_sums()

@@ -1,15 +1,12 @@
 """WindowedMean: the weighted mean of a loss or metric over windows of n updates."""
 
-from typing import Any, Optional, Union
-
-from torch import Tensor
+from typing import Any
 
 from windowmetrics.nan_strategy import NanStrategyArg
-from windowmetrics.scalars import Scalar, divide
-from windowmetrics.value_window import ValueWindow, WindowSums
+from windowmetrics.value_window import WeightedMeanWindow
 
 
-class WindowedMean(ValueWindow):
+class WindowedMean(WeightedMeanWindow):
     r"""Weighted mean of every element of every value over windows of ``window`` updates.
 
     A window's value is :math:`\sum_i v_i w_i / \sum_i w_i` over every element :math:`v_i` of every value given
@@ -64,18 +61,3 @@ class WindowedMean(ValueWindow):
 
     def __init__(self, window: int, *, nan_strategy: NanStrategyArg = "disable", **kwargs: Any) -> None:
         super().__init__(window, nan_strategy, **kwargs)
-
-    def update(self, value: Union[float, Tensor], weight: Union[float, Tensor] = 1.0) -> None:
-        """Add ``value``'s elements with ``weight`` to the window; close it if this update completes it."""
-        self._accumulate(value, weight)
-        self._advance()
-
-    def forward(self, value: Union[float, Tensor], weight: Union[float, Tensor] = 1.0) -> Optional[Tensor]:
-        """Update, then return the latest window value, or ``None`` until a window has completed."""
-        self._accumulate(value, weight)
-        self._advance()
-        return self._latest_value() if self._has_latest else None
-
-    def _value_of(self, sums: WindowSums) -> Scalar:
-        value_sum, weight_sum, _ = sums
-        return divide(value_sum, weight_sum)

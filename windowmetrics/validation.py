@@ -73,13 +73,7 @@ def check_value(value: object, device: torch.device) -> Union[float, Tensor]:
         ValueError: If ``value`` is a tensor on another device than the metric.
     """
     if isinstance(value, Tensor):
-        if value.dtype.is_complex:
-            raise TypeError(f"`value` must be real-valued, got {describe(value)}")
-        if value.device != device:
-            raise ValueError(
-                f"`value` is on {value.device} but the metric is on {device}: move the metric with `.to(device)`"
-            )
-        return value
+        return _checked_tensor("value", value, device)
     if isinstance(value, float):  # checked before numbers.Real, an ABC check that costs ten times more
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -98,12 +92,7 @@ def check_weight(weight: object, value: Union[float, Tensor], device: torch.devi
     if isinstance(weight, float):  # the default; checked first, as numbers.Real is a slow ABC check
         return weight
     if isinstance(weight, Tensor):
-        if weight.dtype.is_complex:
-            raise TypeError(f"`weight` must be real-valued, got {describe(weight)}")
-        if weight.device != device:
-            raise ValueError(
-                f"`weight` is on {weight.device} but the metric is on {device}: move the metric with `.to(device)`"
-            )
+        _checked_tensor("weight", weight, device)
         value_shape = value.shape if isinstance(value, Tensor) else torch.Size()
         try:
             broadcast = torch.broadcast_shapes(value_shape, weight.shape)  # type: ignore[no-untyped-call]  # torch leaves it unannotated
@@ -117,3 +106,13 @@ def check_weight(weight: object, value: Union[float, Tensor], device: torch.devi
     if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
         raise TypeError(f"`weight` must be a real number or a real-valued tensor, got {describe(weight)}")
     return float(weight)
+
+
+def _checked_tensor(name: str, tensor: Tensor, device: torch.device) -> Tensor:
+    if tensor.dtype.is_complex:
+        raise TypeError(f"`{name}` must be real-valued, got {describe(tensor)}")
+    if tensor.device != device:
+        raise ValueError(
+            f"`{name}` is on {tensor.device} but the metric is on {device}: move the metric with `.to(device)`"
+        )
+    return tensor

@@ -2,7 +2,7 @@
 
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
@@ -11,7 +11,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 from windowmetrics.contributions import contributions
 from windowmetrics.distributed import sum_over_processes
 from windowmetrics.nan_strategy import NanStrategy, NanStrategyArg
-from windowmetrics.scalars import Scalar, ScalarState, new_scalar_tensor
+from windowmetrics.scalars import Scalar, ScalarState, divide, new_scalar_tensor
 from windowmetrics.validation import check_value, check_weight
 from windowmetrics.window import WindowMetric, assign
 
@@ -112,3 +112,26 @@ class ValueWindow(WindowMetric):
         group = process_group or self.process_group
         totals = sum_over_processes(local, self._update_count, self.device, group, dist_sync_fn)
         scalars.update(zip(_WINDOW_SUMS, totals, strict=True))
+
+
+class WeightedMeanWindow(ValueWindow):
+    """A value window fed ``(value, weight)`` whose window is worth its weighted mean, per element.
+
+    Shared by :class:`~windowmetrics.WindowedMean` and :class:`~windowmetrics.EMALoss`, which take values and
+    weights alike and see the same window mean.
+    """
+
+    def update(self, value: Union[float, Tensor], weight: Union[float, Tensor] = 1.0) -> None:
+        """Add ``value``'s elements with ``weight`` to the window; close it if this update completes it."""
+        self._accumulate(value, weight)
+        self._advance()
+
+    def forward(self, value: Union[float, Tensor], weight: Union[float, Tensor] = 1.0) -> Optional[Tensor]:
+        """Update, then return the latest window value, or ``None`` until a window has completed."""
+        self._accumulate(value, weight)
+        self._advance()
+        return self._latest_value() if self._has_latest else None
+
+    def _value_of(self, sums: WindowSums) -> Scalar:
+        value_sum, weight_sum, _ = sums
+        return divide(value_sum, weight_sum)
