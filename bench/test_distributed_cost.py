@@ -6,8 +6,8 @@ untimed setup, rank 0 broadcasts which operation comes next, both ranks prepare 
 window but its last), and both meet at a barrier; the round then times the operation alone. Rank 1 therefore
 follows any number of rounds, and pytest-benchmark's options work as usual.
 
-Run with ``.venv/bin/python -m pytest bench/test_distributed_cost.py --benchmark-only``. Each windowmetrics
-operation's median is also reported as a ratio to ``MeanMetric.compute()``'s (``extra_info`` and the terminal).
+Run with ``.venv/bin/python -m pytest bench/test_distributed_cost.py --benchmark-only``. ``MeanMetric.compute()``
+is the group's reference row: ``bench/report.py`` divides every row's median by its median.
 """
 
 from collections.abc import Callable, Iterator
@@ -62,7 +62,7 @@ class MeanMetricCompute:
 
 MEAN_METRIC = "MeanMetric compute()"
 OPERATIONS: dict[str, Callable[[], WindowBoundary | MeanMetricCompute]] = {
-    MEAN_METRIC: MeanMetricCompute,  # first: the others are reported as ratios to it
+    MEAN_METRIC: MeanMetricCompute,  # the reference row of the report
     "WindowedMean boundary": lambda: WindowBoundary(lambda: WindowedMean(WINDOW)),
     "WindowedSum boundary": lambda: WindowBoundary(lambda: WindowedSum(WINDOW)),
     "EMALoss boundary": lambda: WindowBoundary(lambda: EMALoss(0.9, window=WINDOW)),
@@ -109,11 +109,8 @@ def peer() -> Iterator[None]:
             process.kill()
 
 
-medians: dict[str, float] = {}
-
-
 @pytest.mark.parametrize("name", NAMES)
-def test_boundary_cost(peer: None, benchmark: BenchmarkFixture, capsys: pytest.CaptureFixture[str], name: str) -> None:
+def test_boundary_cost(peer: None, benchmark: BenchmarkFixture, name: str) -> None:
     operation = OPERATIONS[name]()
 
     def setup() -> None:
@@ -122,12 +119,6 @@ def test_boundary_cost(peer: None, benchmark: BenchmarkFixture, capsys: pytest.C
         dist.barrier()
 
     benchmark.group = "a window's synchronisation, gloo, 2 processes"
+    benchmark.extra_info["label"] = name
+    benchmark.extra_info["reference"] = name == MEAN_METRIC
     benchmark.pedantic(operation.run, setup=setup, rounds=ROUNDS, warmup_rounds=WARMUP_ROUNDS)  # type: ignore[no-untyped-call]
-    if benchmark.stats is None:  # --benchmark-disable: one unmeasured round
-        return
-    medians[name] = benchmark.stats.stats.median
-    if name != MEAN_METRIC and MEAN_METRIC in medians:
-        ratio = medians[name] / medians[MEAN_METRIC]
-        benchmark.extra_info["median_ratio_to_MeanMetric_compute"] = ratio
-        with capsys.disabled():
-            print(f"\n{name}: median {medians[name] * 1e6:.0f} µs, {ratio:.2f} x MeanMetric compute()'s", end="")
