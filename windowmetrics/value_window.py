@@ -13,7 +13,7 @@ from windowmetrics.distributed import sum_over_processes
 from windowmetrics.nan_strategy import NanStrategy, NanStrategyArg
 from windowmetrics.scalars import Scalar, ScalarState, divide, new_scalar_tensor
 from windowmetrics.validation import check_value, check_weight
-from windowmetrics.window import WindowMetric, assign
+from windowmetrics.window import WindowMetric
 
 _WINDOW_SUMS = ("value_sum", "weight_sum", "nan_count")
 
@@ -67,9 +67,10 @@ class ValueWindow(WindowMetric):
         scalars = self._scalars
         sums: WindowSums = (scalars["value_sum"], scalars["weight_sum"], scalars["nan_count"])
         if self.sync_on_compute and not self._is_synced and self.distributed_available_fn():
-            sums = sum_over_processes(  # type: ignore[assignment]  # three sums in, three sums out
+            value_sum, weight_sum, nan_count = sum_over_processes(
                 sums, self._update_count, self.device, self.process_group, self.dist_sync_fn
             )
+            sums = (value_sum, weight_sum, nan_count)
         if self._nans.reports:
             self._nans.report(sums[2])
         return sums
@@ -91,7 +92,7 @@ class ValueWindow(WindowMetric):
         presented = self._presented
         if presented is None or presented[0] is not latest or presented[1] is not dtype:
             presented = (latest, dtype, self._rounded(latest, dtype))
-            assign(self, "_presented", presented)
+            self.__dict__["_presented"] = presented
         return presented[2]
 
     def _window_value(self) -> Tensor:
