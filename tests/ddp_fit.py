@@ -10,10 +10,8 @@ import sys
 from pathlib import Path
 
 import torch
-from lightning import Trainer
-from lightning.pytorch.loggers import CSVLogger
 
-from tests.lightning_support import WindowLoggingModule
+from tests.lightning_support import WindowLoggingModule, quiet_trainer
 
 EPOCHS = 2
 WINDOW = 3
@@ -23,18 +21,12 @@ def fit_on_two_processes(strategy: str, out_dir: Path) -> None:
     """Fit with window 3 for two epochs on two CPU processes (gloo), each with its own data and batch size."""
     torch.manual_seed(0)
     module = WindowLoggingModule(window=WINDOW, record_dir=str(out_dir))
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
+        out_dir,
+        EPOCHS,
         devices=2,
         strategy=strategy,
         use_distributed_sampler=False,  # each process keeps the loader that the module made for its rank
-        max_epochs=EPOCHS,
-        log_every_n_steps=1,
-        logger=CSVLogger(out_dir, name="logs", version=0),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
     )
     trainer.fit(module)
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
-from lightning import LightningModule
+from lightning import LightningModule, Trainer
+from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import MeanMetric, MetricCollection, SumMetric
@@ -252,6 +253,27 @@ def subprocess_environment() -> dict[str, str]:
     """This process's environment without the variables of a distributed launch, which an earlier in-process
     run may have left: a subprocess that starts processes of its own must choose its own port and ranks."""
     return {name: value for name, value in os.environ.items() if name not in LAUNCH_VARIABLES}
+
+
+def quiet_trainer(log_dir: Path, max_epochs: int, **options: Any) -> Trainer:
+    """Return a CPU Trainer with no progress bar, model summary, sanity check or checkpoint (unless ``options``
+    say otherwise), whose CSVLogger writes each logged step to :func:`metrics_csv` of ``log_dir``."""
+    settings: dict[str, Any] = {
+        "accelerator": "cpu",
+        "max_epochs": max_epochs,
+        "log_every_n_steps": 1,
+        "logger": CSVLogger(log_dir, name="logs", version=0),
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "num_sanity_val_steps": 0,
+    }
+    return Trainer(**(settings | options))
+
+
+def metrics_csv(log_dir: Path) -> Path:
+    """The file in which :func:`quiet_trainer`'s logger writes."""
+    return log_dir / "logs" / "version_0" / "metrics.csv"
 
 
 def read_csv(path: Path) -> list[dict[str, float]]:

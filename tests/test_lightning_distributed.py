@@ -14,7 +14,7 @@ import pytest
 import torch.distributed as dist
 
 from tests.ddp_fit import EPOCHS, WINDOW, fit_on_two_processes
-from tests.lightning_support import LIGHTNING_NOISE, read_csv, read_records, subprocess_environment
+from tests.lightning_support import LIGHTNING_NOISE, metrics_csv, read_csv, read_records, subprocess_environment
 from tests.logged_reference import check_window_module_rows
 
 pytestmark = [
@@ -56,7 +56,7 @@ def test_two_processes_log_the_windows_over_both_processes(tmp_path: Path, strat
         fit_with_ddp_in_a_subprocess(tmp_path)
     else:  # ddp_spawn pickles the module into shared memory, where in-place accumulation would mix the processes
         fit_on_two_processes(strategy, tmp_path)
-    rows = read_csv(tmp_path / "logs" / "version_0" / "metrics.csv")
+    rows = read_csv(metrics_csv(tmp_path))
     records = read_records(tmp_path)
     assert [sorted({record["size"] for record in rank}) for rank in records] == [[3, 4], [4, 5]]
     assert check_window_module_rows(rows, records, WINDOW) == {"train": EPOCHS * 8, "val": EPOCHS * 7}

@@ -9,10 +9,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning import LightningModule, Trainer
-from lightning.pytorch.loggers import CSVLogger
+from lightning import LightningModule
 
-from tests.lightning_support import LIGHTNING_NOISE, CollectionLoggingModule, Record, WindowLoggingModule, read_csv
+from tests.lightning_support import (
+    LIGHTNING_NOISE,
+    CollectionLoggingModule,
+    Record,
+    WindowLoggingModule,
+    metrics_csv,
+    quiet_trainer,
+    read_csv,
+)
 from tests.logged_reference import (
     check_epoch_rows,
     check_step_rows,
@@ -31,19 +38,8 @@ WINDOW = 3
 
 def fit(module: LightningModule, log_dir: Path, log_every_n_steps: int = 1) -> list[dict[str, float]]:
     """Fit ``module`` on one CPU process; return the rows its CSVLogger wrote."""
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=EPOCHS,
-        log_every_n_steps=log_every_n_steps,
-        logger=CSVLogger(log_dir, name="logs", version=0),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(module)
-    return read_csv(log_dir / "logs" / "version_0" / "metrics.csv")
+    quiet_trainer(log_dir, EPOCHS, log_every_n_steps=log_every_n_steps).fit(module)
+    return read_csv(metrics_csv(log_dir))
 
 
 @pytest.fixture(scope="module", params=[1, 4], ids=["every-step", "every-4-steps"])

@@ -15,15 +15,15 @@ from typing import Optional
 
 import pytest
 import torch
-from lightning import Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 
 from tests.lightning_support import (
     LIGHTNING_NOISE,
     EpochStartResetModule,
     Record,
     WindowLoggingModule,
+    metrics_csv,
+    quiet_trainer,
     read_csv,
     read_records,
 )
@@ -52,21 +52,11 @@ class Run:
 def fit(
     module: WindowLoggingModule, out_dir: Path, callbacks: list[Callback], ckpt_path: Optional[Path] = None
 ) -> list[dict[str, float]]:
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=EPOCHS,
-        log_every_n_steps=1,
-        logger=CSVLogger(out_dir, name="logs", version=0),
-        callbacks=callbacks,
-        enable_checkpointing=bool(callbacks),
-        default_root_dir=out_dir,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
+    trainer = quiet_trainer(
+        out_dir, EPOCHS, callbacks=callbacks, enable_checkpointing=bool(callbacks), default_root_dir=out_dir
     )
     trainer.fit(module, ckpt_path=ckpt_path)
-    return read_csv(out_dir / "logs" / "version_0" / "metrics.csv")
+    return read_csv(metrics_csv(out_dir))
 
 
 def resumable_module(module_class: type[WindowLoggingModule] = WindowLoggingModule, **kwargs) -> WindowLoggingModule:

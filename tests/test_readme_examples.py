@@ -12,12 +12,10 @@ from typing import Any
 
 import pytest
 import torch
-from lightning import Trainer
 from lightning.fabric import Fabric
 from lightning.fabric.loggers.csv_logs import CSVLogger as FabricCSVLogger
-from lightning.pytorch.loggers import CSVLogger
 
-from tests.lightning_support import LIGHTNING_NOISE, synthetic_loader
+from tests.lightning_support import LIGHTNING_NOISE, metrics_csv, quiet_trainer, synthetic_loader
 from tests.reference import Call, mean_of
 
 pytestmark = pytest.mark.filterwarnings(*LIGHTNING_NOISE)
@@ -58,19 +56,6 @@ def loader() -> Any:
     return synthetic_loader(seed=7, batches=BATCHES, batch_size=4)
 
 
-def trainer(directory: Path, max_epochs: int) -> Trainer:
-    """A quiet CPU Trainer that writes every step's logged values to ``directory/logs/version_0/metrics.csv``."""
-    return Trainer(
-        accelerator="cpu",
-        max_epochs=max_epochs,
-        log_every_n_steps=1,
-        logger=CSVLogger(directory, name="logs", version=0),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
-
-
 def linear_model() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Linear(3, 1)
@@ -80,8 +65,8 @@ def test_the_lightning_example_logs_one_value_per_window_and_none_before_the_fir
     model = readme_example("lightning")["Model"](window=WINDOW)
     model.net = linear_model()  # the synthetic data have 3 features
     model.loss_fn = RecordingLoss()
-    trainer(tmp_path, max_epochs=2).fit(model, loader())
-    with (tmp_path / "logs" / "version_0" / "metrics.csv").open(newline="") as file:
+    quiet_trainer(tmp_path, max_epochs=2).fit(model, loader())
+    with metrics_csv(tmp_path).open(newline="") as file:
         logged = {int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(file)}
     calls = model.loss_fn.calls
     assert len(calls) == 2 * BATCHES
@@ -120,8 +105,8 @@ def classification_loader() -> Any:
 def test_the_windowed_example_logs_accuracy_and_mae_over_the_samples_of_each_window(tmp_path: Path) -> None:
     model = readme_example("windowed")["Classifier"](window=WINDOW)
     model.net = RecordingNet(features=8)
-    trainer(tmp_path, max_epochs=1).fit(model, classification_loader())
-    with (tmp_path / "logs" / "version_0" / "metrics.csv").open(newline="") as file:
+    quiet_trainer(tmp_path, max_epochs=1).fit(model, classification_loader())
+    with metrics_csv(tmp_path).open(newline="") as file:
         rows = {int(row["step"]): row for row in csv.DictReader(file)}
     targets = [y for _, y in classification_loader()]
     assert len(model.net.outputs) == len(targets) == BATCHES
@@ -143,7 +128,7 @@ def test_the_fabric_example_logs_the_mean_of_each_window(tmp_path: Path) -> None
     loss_fn = RecordingLoss()
     fit(fabric, model, torch.optim.SGD(model.parameters(), lr=0.05), loader(), loss_fn, window=WINDOW)
     fabric.logger.finalize("success")
-    with (tmp_path / "logs" / "version_0" / "metrics.csv").open(newline="") as file:
+    with metrics_csv(tmp_path).open(newline="") as file:
         rows = list(csv.DictReader(file))
     assert [int(row["step"]) for row in rows] == [2, 5]
     assert [float(row["train/loss"]) for row in rows] == pytest.approx(window_means(loss_fn.calls), rel=1e-6)
