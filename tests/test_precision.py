@@ -75,5 +75,6 @@ def test_inputs_that_require_grad_leave_no_graph(metric_class: type, nan_strateg
     outputs.append(metric.compute())
     metric.persistent(True)
     tensors = [output for output in outputs if output is not None] + list(metric.state_dict().values())
+    tensors += [getattr(metric, name) for name in metric._defaults]
     assert all(not tensor.requires_grad and tensor.grad_fn is None for tensor in tensors)
     assert all(not value.requires_grad for value in metric._scalars.values() if isinstance(value, torch.Tensor))

@@ -1,6 +1,6 @@
-"""Summing a window's statistics over processes with one collective."""
+"""Summing a window's statistics over processes with one collective, and the process's rank."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Optional
 
 import torch
@@ -11,6 +11,11 @@ from windowmetrics.scalars import Scalar, as_tensor, on_host
 
 GatherFn = Callable[..., list[Tensor]]
 """A torchmetrics ``dist_sync_fn``: ``fn(tensor, group=group)`` returns every process's ``tensor``."""
+
+
+def current_rank() -> int:
+    """Return this process's rank in the default ``torch.distributed`` group, or 0 if there is none."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def all_gather(tensor: Tensor, group: Optional[Any] = None) -> list[Tensor]:
@@ -25,30 +30,39 @@ def all_gather(tensor: Tensor, group: Optional[Any] = None) -> list[Tensor]:
 
 
 def sum_over_processes(
-    statistics: Sequence[Scalar],
+    value_sum: Scalar,
+    weight_sum: Scalar,
+    nan_count: Scalar,
     updates: int,
     device: torch.device,
     group: Optional[Any] = None,
     gather: Optional[GatherFn] = None,
-) -> tuple[Scalar, ...]:
-    """Return the sums over all processes of a window's ``statistics``, packed into one collective.
+) -> tuple[Scalar, Scalar, float]:
+    """Return a window's sums over all processes of ``group``, packed into one collective.
 
-    ``updates`` (each process's number of updates since its last reset) travels with the statistics: every
-    process must be at the same update, or their windows do not line up. The sums are added in rank order on
-    every process, so that every process gets the same result to the last bit. On the CPU they come back as
-    Python floats, elsewhere as tensors on ``device``.
+    ``updates`` (each process's number of updates since its last reset) travels with the sums: every process
+    must be at the same update, or their windows do not line up. The sums are added in rank order on every
+    process, so that every process gets the same result to the last bit. The update counts and the NaN counts
+    are read on the host in one read; the value and weight sums come back as Python floats on the host path,
+    and as tensors on ``device`` on the accelerator path.
 
     Raises:
         RuntimeError: If the processes are at different updates.
     """
-    packed = torch.stack([as_tensor(statistic, device) for statistic in (*statistics, float(updates))])
+    statistics = (value_sum, weight_sum, nan_count, float(updates))
+    packed = torch.stack([as_tensor(statistic, device) for statistic in statistics])  # fills, no host-device copy
     rows = torch.stack((gather or all_gather)(packed, group=group))
-    counts = [int(count) for count in rows[:, -1].tolist()]  # read on the host: once per synchronised window
+    counted = rows[:, 2:].tolist()  # [[NaN elements, updates], ...]: the one read of the device per window
+    counts = [int(updates) for _, updates in counted]
     if len(set(counts)) > 1:
         raise RuntimeError(
             "windowmetrics: the processes reached this window's synchronisation after different numbers of"
             f" updates since their last reset ({counts}, in rank order); every process must call"
             " `update`/`forward` the same number of times, or the windows do not line up."
         )
-    totals = rows[:, :-1].sum(dim=0)
-    return tuple(totals.tolist()) if on_host(totals) else tuple(totals.unbind())
+    nan_total = sum(nans for nans, _ in counted)
+    totals = rows[:, :2].sum(dim=0)
+    if on_host(totals):
+        value_total, weight_total = totals.tolist()
+        return value_total, weight_total, nan_total
+    return totals[0], totals[1], nan_total

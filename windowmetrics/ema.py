@@ -62,14 +62,24 @@ class EMALoss(WeightedMeanWindow):
     ema_denominator = ScalarState()
 
     def __init__(
-        self, decay: float = 0.98, *, window: int = 1, nan_strategy: NanStrategyArg = "disable", **kwargs: Any
+        self,
+        decay: float = 0.98,
+        *,
+        window: int = 1,
+        nan_strategy: NanStrategyArg = "disable",
+        span_epochs: bool = False,
+        **kwargs: Any,
     ) -> None:
         decay = check_decay(decay)
-        super().__init__(window, nan_strategy, settings=(decay,), **kwargs)
+        super().__init__(window, nan_strategy, span_epochs, **kwargs)
         self.decay = decay
         # Computed from synchronised window means: the same on every process, never reduced.
         self.add_state("ema_numerator", torch.zeros((), dtype=torch.float64), dist_reduce_fx=None)
         self.add_state("ema_denominator", torch.zeros((), dtype=torch.float64), dist_reduce_fx=None)
+
+    def extra_repr(self) -> str:
+        """Return the arguments that configure the metric, as ``repr`` shows them."""
+        return f"decay={self.decay}, {super().extra_repr()}"
 
     def _close_window(self) -> None:
         sums = self._window_sums()

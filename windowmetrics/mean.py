@@ -59,5 +59,7 @@ class WindowedMean(WeightedMeanWindow):
         tensor(3.)
     """
 
-    def __init__(self, window: int, *, nan_strategy: NanStrategyArg = "disable", **kwargs: Any) -> None:
-        super().__init__(window, nan_strategy, **kwargs)
+    def __init__(
+        self, window: int, *, nan_strategy: NanStrategyArg = "disable", span_epochs: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(window, nan_strategy, span_epochs, **kwargs)

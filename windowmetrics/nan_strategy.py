@@ -69,11 +69,6 @@ class NanStrategy:
             raise ValueError("`nan_strategy` must not be NaN: imputing NaN changes nothing, use 'disable'")
         return cls("impute", float(nan_strategy))
 
-    @property
-    def code(self) -> tuple[float, float]:
-        """The strategy as two numbers, for a metric's ``settings`` state."""
-        return float(("impute", *_NAMES).index(self.name)), (self.fill if self.imputes else 0.0)
-
     def report(self, nan_count: Scalar) -> None:
         """Warn about or raise for the NaN elements of a window, as the strategy says.
 

@@ -1,11 +1,20 @@
-"""Float64 scalars that stay on the host where they can.
+"""Float64 scalars that stay on the host where they can, registered as torchmetrics states.
 
 A window's statistics (the sums of values, of weights and of NaN elements, an EMA's numerator and
-denominator) are float64 scalars. Where the inputs live on the CPU they are kept as Python floats: reading a
-CPU tensor costs no synchronisation, and Python arithmetic is about ten times cheaper than an operation on a
-0-dim tensor. Where the inputs live on an accelerator they are 0-dim float64 tensors on that device, so that
-nothing ever waits for it. Python's operators mix both kinds freely; :func:`divide` and :func:`where` complete
-the set, and :class:`ScalarState` registers such a scalar as a torchmetrics state.
+denominator, the latest window value) are float64 scalars. Two representations exist:
+
+- the *host path*: where the inputs live on the CPU, every scalar is a Python float. Reading a CPU tensor
+  costs no synchronisation, and Python arithmetic is about ten times cheaper than an operation on a 0-dim
+  tensor;
+- the *accelerator path*: where the inputs live on an accelerator, a scalar that depends on the inputs is a
+  0-dim float64 tensor on that device, so that no update waits for the device. A scalar that the host knows
+  without reading the device (the sum of Python-number weights, say) stays a Python float even there.
+
+Python's operators mix both kinds freely; :func:`divide` and :func:`where` complete the set, and
+:class:`ScalarState` registers such a scalar as a torchmetrics state.
+
+:data:`PREFER_HOST` is the one switch between the two: set it to ``False`` to run the accelerator path on
+CPU tensors, as the tests and the benchmarks do on machines without an accelerator.
 """
 
 import math
@@ -15,15 +24,16 @@ import torch
 from torch import Tensor
 
 Scalar = Union[float, Tensor]
-"""A float64 scalar: a Python float, or a 0-dim float64 tensor on an accelerator."""
+"""A float64 scalar: a Python float, or a 0-dim float64 tensor on the inputs' device."""
 
 PREFER_HOST = True
-"""Keep the scalars of CPU inputs as Python floats. Tests set it to ``False`` to run the accelerators'
-representation (0-dim float64 tensors) on machines that have none; results are the same either way."""
+"""Keep the scalars of CPU inputs as Python floats (the host path). ``False`` makes CPU inputs take the
+accelerator path (0-dim float64 tensors), so that it can be tested and measured without an accelerator;
+results are the same either way."""
 
 
 def on_host(tensor: Tensor) -> bool:
-    """Return whether a scalar computed from ``tensor`` is kept as a Python float."""
+    """Return whether a scalar computed from ``tensor`` is kept as a Python float (the host path)."""
     return PREFER_HOST and tensor.is_cpu
 
 
@@ -31,26 +41,30 @@ def as_tensor(scalar: Scalar, device: torch.device) -> Tensor:
     """Return ``scalar`` as a 0-dim float64 tensor, created on ``device`` if it is a Python float."""
     if isinstance(scalar, Tensor):
         return scalar
-    return new_scalar_tensor(scalar, torch.float64, device)
+    return torch.scalar_tensor(scalar, dtype=torch.float64, device=device)
 
 
-def new_scalar_tensor(number: float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Return a 0-dim tensor holding ``number`` rounded once to ``dtype``, created on ``device``.
+def host_path(device: torch.device) -> bool:
+    """Return whether a metric on ``device`` keeps its scalars as Python floats (the host path)."""
+    return PREFER_HOST and device.type == "cpu"
 
-    The number is passed to a fill kernel: no host-to-device copy, and half the cost of ``torch.tensor``.
+
+def place(scalar: Scalar, device: torch.device, prefer_float: bool = False) -> Scalar:
+    """Return ``scalar`` in the representation of a metric on ``device``, without reading an accelerator.
+
+    On the host path a Python float. On the accelerator path a 0-dim float64 tensor on ``device``; with
+    ``prefer_float``, a Python float stays one, and so does a tensor on the CPU (reading it costs nothing).
+    A tensor without data (on the ``meta`` device) stays a tensor.
     """
-    return torch.scalar_tensor(number, dtype=dtype, device=device)
-
-
-def as_scalar(tensor: Tensor) -> Scalar:
-    """Return a one-element tensor as a :data:`Scalar`: a Python float if it is on the CPU."""
-    tensor = tensor.detach().to(torch.float64).reshape(())
-    return tensor.item() if on_host(tensor) else tensor
-
-
-def host_value(tensor: Tensor) -> Scalar:
-    """Return a one-element float64 tensor as a Python float if :func:`on_host`, else unchanged."""
-    return tensor.item() if on_host(tensor) else tensor
+    if isinstance(scalar, Tensor):
+        if scalar.is_meta:
+            return scalar
+        if host_path(device) or (prefer_float and scalar.is_cpu):
+            return scalar.item()
+        return scalar.detach().to(device=device, dtype=torch.float64).reshape(())
+    if host_path(device) or prefer_float:
+        return scalar
+    return as_tensor(scalar, device)
 
 
 def divide(numerator: Scalar, denominator: Scalar) -> Scalar:
@@ -87,18 +101,28 @@ def where(condition: Union[bool, Tensor], if_true: Scalar, if_false: Scalar) -> 
 
 class _ScalarOwner(Protocol):
     _scalars: dict[str, Scalar]
-
-    @property
-    def device(self) -> torch.device: ...
+    _scalar_tensors: dict[str, tuple[float, Tensor]]
+    _device: torch.device
 
 
 class ScalarState:
     """A metric state that holds one float64 :data:`Scalar` in its metric's ``_scalars`` dict.
 
-    Registered with ``add_state`` like any state: torchmetrics, ``MetricCollection``, ``state_dict()`` and
-    ``.to(device)`` read and write it as a 0-dim float64 tensor on the metric's device, while the metric's
-    own code reads and replaces the scalar in ``_scalars`` directly, at the cost of a dict access.
+    Registered with ``add_state`` like any state. torchmetrics, PyTorch and user code read and write it as a
+    0-dim float64 tensor on the metric's device (``state_dict()``, ``sync()``, ``.to(device)``, hashing),
+    while the metric's own update path reads and replaces the scalar in ``_scalars`` directly, at the cost
+    of a dict access. A Python float is turned into a tensor when it is first read, and the same tensor is
+    returned until the scalar changes, so that two reads without an update in between are the same object
+    (a metric's ``__hash__`` depends on it).
+
+    Args:
+        prefer_float: keep the scalar as a Python float on the accelerator path too, where that costs no read
+            of the device (see :func:`place`): for sums that updates can keep on the host, such as the sum of
+            Python-number weights.
     """
+
+    def __init__(self, prefer_float: bool = False) -> None:
+        self.prefer_float = prefer_float
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -112,7 +136,18 @@ class ScalarState:
     def __get__(self, metric: Union[_ScalarOwner, None], owner: type) -> Union["ScalarState", Tensor]:
         if metric is None:
             return self
-        return as_tensor(metric._scalars[self.name], metric.device)
+        scalar = metric._scalars[self.name]
+        if isinstance(scalar, Tensor):
+            return scalar
+        made = metric._scalar_tensors.get(self.name)
+        if made is None or made[0] is not scalar or made[1].device != metric._device:
+            made = (scalar, as_tensor(scalar, metric._device))
+            metric._scalar_tensors[self.name] = made
+        return made[1]
 
     def __set__(self, metric: _ScalarOwner, value: Tensor) -> None:
-        metric._scalars[self.name] = as_scalar(value)
+        metric._scalars[self.name] = place(value, metric._device, self.prefer_float)
+
+    def move(self, metric: _ScalarOwner) -> None:
+        """Put the scalar in the representation of the metric's device, after the metric has moved there."""
+        metric._scalars[self.name] = place(metric._scalars[self.name], metric._device, self.prefer_float)

@@ -2,11 +2,13 @@
 
 from typing import Any, Optional, Union
 
+import torch
 from torch import Tensor
 
+from windowmetrics.accumulate import WindowSums
 from windowmetrics.nan_strategy import NanStrategyArg
 from windowmetrics.scalars import Scalar
-from windowmetrics.value_window import ValueWindow, WindowSums
+from windowmetrics.value_window import ValueWindow
 
 
 class WindowedSum(ValueWindow):
@@ -46,14 +48,17 @@ class WindowedSum(ValueWindow):
         tensor(80.)
     """
 
-    def __init__(self, window: int, *, nan_strategy: NanStrategyArg = "disable", **kwargs: Any) -> None:
-        super().__init__(window, nan_strategy, **kwargs)
+    def __init__(
+        self, window: int, *, nan_strategy: NanStrategyArg = "disable", span_epochs: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(window, nan_strategy, span_epochs, **kwargs)
 
     def update(self, value: Union[float, Tensor]) -> None:
         """Add ``value``'s elements to the window; close it if this update completes it."""
         self._accumulate(value, 1.0)
         self._advance()
 
+    @torch.jit.unused
     def forward(self, value: Union[float, Tensor]) -> Optional[Tensor]:
         """Update, then return the latest window value, or ``None`` until a window has completed."""
         self._accumulate(value, 1.0)

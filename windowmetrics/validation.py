@@ -35,6 +35,17 @@ def check_window(window: object) -> int:
     return int(window)
 
 
+def check_flag(name: str, flag: object) -> bool:
+    """Return ``flag`` if it is a ``bool``.
+
+    Raises:
+        TypeError: If ``flag`` is not a ``bool`` (an int is not).
+    """
+    if not isinstance(flag, bool):
+        raise TypeError(f"`{name}` must be a bool, got {describe(flag)}")
+    return flag
+
+
 def check_decay(decay: object) -> float:
     """Return ``decay`` as a ``float`` if it is a real number with ``0 <= decay < 1``.
 

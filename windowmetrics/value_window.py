@@ -1,24 +1,27 @@
 """Windows of weighted sums of values: the accumulators that WindowedMean, WindowedSum and EMALoss share."""
 
 from abc import abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from windowmetrics.contributions import contributions
+from windowmetrics.accumulate import WindowSums, add_update
 from windowmetrics.distributed import sum_over_processes
 from windowmetrics.nan_strategy import NanStrategy, NanStrategyArg
-from windowmetrics.scalars import Scalar, ScalarState, divide, new_scalar_tensor
+from windowmetrics.scalars import Scalar, ScalarState, divide, host_path
 from windowmetrics.validation import check_value, check_weight
 from windowmetrics.window import WindowMetric
 
 _WINDOW_SUMS = ("value_sum", "weight_sum", "nan_count")
 
-WindowSums = tuple[Scalar, Scalar, Scalar]
-"""A window's ``(sum of value * weight, sum of weight, number of NaN elements)``."""
+
+def output_dtype() -> torch.dtype:
+    """Return the dtype of returned values: torch's default float dtype, but never below float32."""
+    dtype = torch.get_default_dtype()
+    return dtype if dtype.itemsize >= 4 else torch.float32
 
 
 class ValueWindow(WindowMetric):
@@ -31,46 +34,46 @@ class ValueWindow(WindowMetric):
     """
 
     value_sum = ScalarState()
-    weight_sum = ScalarState()
-    nan_count = ScalarState()
+    weight_sum = ScalarState(prefer_float=True)  # a sum of Python-number weights needs no device
+    nan_count = ScalarState(prefer_float=True)  # counted on the device only where NaNs are dropped
     latest = ScalarState()
 
-    def __init__(
-        self, window: int, nan_strategy: NanStrategyArg, settings: Sequence[float] = (), **kwargs: Any
-    ) -> None:
+    def __init__(self, window: int, nan_strategy: NanStrategyArg, span_epochs: bool = False, **kwargs: Any) -> None:
         strategy = NanStrategy.parse(nan_strategy)
-        super().__init__(window, settings=(*strategy.code, *settings), **kwargs)
+        super().__init__(window, span_epochs, **kwargs)
         self.nan_strategy = nan_strategy
         self._nans = strategy
         self._scalars: dict[str, Scalar] = {}
+        self._scalar_tensors: dict[str, tuple[float, Tensor]] = {}
         self._presented: Optional[tuple[Scalar, torch.dtype, Tensor]] = None
         for name in _WINDOW_SUMS:
             self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         # The latest window value, computed from synchronised sums: the same on every process, never reduced.
         self.add_state("latest", torch.zeros((), dtype=torch.float64), dist_reduce_fx=None)
 
+    def extra_repr(self) -> str:
+        """Return the arguments that configure the metric, as ``repr`` shows them."""
+        return f"window={self.window}, nan_strategy={self.nan_strategy!r}, span_epochs={self.span_epochs}"
+
     def _accumulate(self, value: object, weight: object) -> None:
         """Check an update's inputs, then add them to the window; raise before changing anything."""
+        self._check_not_synced()
         device = self._device  # torchmetrics' attribute behind the `device` property
         checked_value = check_value(value, device)
         if not isinstance(weight, float):  # a float, the default, needs no check
             weight = check_weight(weight, checked_value, device)
-        value_sum, weight_sum, nan_count = contributions(checked_value, weight, self._nans)
         scalars = self._scalars
-        # `a = a + b`, never `a += b`: a tensor sum may be shared with MetricCollection members or other processes
-        scalars["value_sum"] = scalars["value_sum"] + value_sum
-        scalars["weight_sum"] = scalars["weight_sum"] + weight_sum
-        scalars["nan_count"] = scalars["nan_count"] + nan_count
+        sums = (scalars["value_sum"], scalars["weight_sum"], scalars["nan_count"])
+        scalars["value_sum"], scalars["weight_sum"], scalars["nan_count"] = add_update(
+            sums, checked_value, weight, self._nans
+        )
 
     def _window_sums(self) -> WindowSums:
         """Return the window's sums, synchronised across processes when torchmetrics' settings say so."""
         scalars = self._scalars
         sums: WindowSums = (scalars["value_sum"], scalars["weight_sum"], scalars["nan_count"])
         if self.sync_on_compute and not self._is_synced and self.distributed_available_fn():
-            value_sum, weight_sum, nan_count = sum_over_processes(
-                sums, self._update_count, self.device, self.process_group, self.dist_sync_fn
-            )
-            sums = (value_sum, weight_sum, nan_count)
+            sums = sum_over_processes(*sums, self._update_count, self._device, self.process_group, self.dist_sync_fn)
         if self._nans.reports:
             self._nans.report(sums[2])
         return sums
@@ -83,12 +86,28 @@ class ValueWindow(WindowMetric):
         self._scalars["latest"] = self._value_of(self._window_sums())
 
     def _clear_window(self) -> None:
+        """Start the sums again from zero: on the accelerator path the value sum as a tensor on the device."""
         scalars = self._scalars
-        scalars["value_sum"] = scalars["weight_sum"] = scalars["nan_count"] = 0.0
+        device = self._device
+        scalars["value_sum"] = 0.0 if host_path(device) else torch.zeros((), dtype=torch.float64, device=device)
+        scalars["weight_sum"] = scalars["nan_count"] = 0.0
+
+    def _move_state(self, key: str, device: torch.device) -> None:
+        """Move a scalar to ``device`` in the representation of that device (see :mod:`windowmetrics.scalars`)."""
+        state = getattr(type(self), key, None)
+        if isinstance(state, ScalarState):
+            state.move(self)
+        else:
+            super()._move_state(key, device)
+
+    def _discard_saved_window(self, state_dict: dict[str, Any], prefix: str) -> None:
+        for name in _WINDOW_SUMS:
+            state_dict.pop(prefix + name, None)
+        self._clear_window()
 
     def _latest_value(self) -> Tensor:
-        """Return the latest window value as a tensor of the default dtype, created once per window."""
-        latest, dtype = self._scalars["latest"], torch.get_default_dtype()
+        """Return the latest window value as a tensor of the output dtype, created once per window."""
+        latest, dtype = self._scalars["latest"], output_dtype()
         presented = self._presented
         if presented is None or presented[0] is not latest or presented[1] is not dtype:
             presented = (latest, dtype, self._rounded(latest, dtype))
@@ -96,22 +115,22 @@ class ValueWindow(WindowMetric):
         return presented[2]
 
     def _window_value(self) -> Tensor:
-        return self._rounded(self._value_of(self._window_sums()), torch.get_default_dtype())
+        return self._rounded(self._value_of(self._window_sums()), output_dtype())
 
     def _rounded(self, value: Scalar, dtype: torch.dtype) -> Tensor:
-        """Round a float64 value once, to ``dtype`` (torch's default float dtype at the time of the call)."""
+        """Round a float64 value once, to ``dtype``."""
         if isinstance(value, Tensor):
             return value.to(dtype)
-        return new_scalar_tensor(value, dtype, self._device)
+        return torch.scalar_tensor(value, dtype=dtype, device=self._device)
 
     def _sync_dist(
         self, dist_sync_fn: Callable[..., list[Tensor]] = gather_all_tensors, process_group: Optional[Any] = None
     ) -> None:
         """Replace the window's sums by their sums over all processes (for torchmetrics' ``sync()``)."""
         scalars = self._scalars
-        local = [scalars[name] for name in _WINDOW_SUMS]
+        local = (scalars["value_sum"], scalars["weight_sum"], scalars["nan_count"])
         group = process_group or self.process_group
-        totals = sum_over_processes(local, self._update_count, self.device, group, dist_sync_fn)
+        totals = sum_over_processes(*local, self._update_count, self._device, group, dist_sync_fn)
         scalars.update(zip(_WINDOW_SUMS, totals, strict=True))
 
 
@@ -127,6 +146,7 @@ class WeightedMeanWindow(ValueWindow):
         self._accumulate(value, weight)
         self._advance()
 
+    @torch.jit.unused
     def forward(self, value: Union[float, Tensor], weight: Union[float, Tensor] = 1.0) -> Optional[Tensor]:
         """Update, then return the latest window value, or ``None`` until a window has completed."""
         self._accumulate(value, weight)

@@ -1,29 +1,41 @@
 """The window mechanics that every windowmetrics metric shares."""
 
+import math
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import Tensor
+from torch.nn import Module
 from torchmetrics import Metric
 from torchmetrics.utilities.distributed import gather_all_tensors
+from torchmetrics.utilities.exceptions import TorchMetricsUserError
+from torchmetrics.utilities.plot import _AX_TYPE, _PLOT_OUT_TYPE
 
-from windowmetrics.validation import check_window
+from windowmetrics.distributed import current_rank
+from windowmetrics.lightning_reset import reset_by_lightning_at_loop_end
+from windowmetrics.validation import check_flag, check_window
+
+WINDOW_STATE_KEY = "window_state"
+"""The ``state_dict`` entry, beside the registered states, that holds the window's position and configuration."""
 
 
 class WindowMetric(Metric, ABC):
     """A torchmetrics ``Metric`` that closes a window every ``window`` calls of ``update`` or ``forward``.
 
     This class owns the window's position and its boundary, and the parts of the torchmetrics protocol that
-    follow from them; a subclass owns its accumulators and its latest window value through five methods:
+    follow from them; a subclass owns its accumulators and its latest window value through these methods:
 
-    - ``update(...)`` adds its inputs to the accumulators, then calls :meth:`_advance`;
+    - ``update(...)`` checks its inputs (:meth:`_check_not_synced` first), adds them to the accumulators,
+      then calls :meth:`_advance`;
     - :meth:`_close_window` keeps the value of a completed window, synchronised across processes;
     - :meth:`_clear_window` empties the accumulators;
     - :meth:`_latest_value` returns the kept value;
-    - :meth:`_window_value` returns the value of the updates accumulated so far, synchronised like a window.
+    - :meth:`_window_value` returns the value of the updates accumulated so far, synchronised like a window;
+    - :meth:`_discard_saved_window` drops, from a ``state_dict`` being loaded, the accumulators of a window
+      that another process saved.
 
     The contract, for every subclass:
 
@@ -35,33 +47,52 @@ class WindowMetric(Metric, ABC):
       ``_forward_cache``, which here *is* the latest window value), and logs nothing before the first window.
     - ``compute()`` returns the latest window value or, before the first window completes, the value of the
       updates so far, synchronised like a full window (a collective that every process must call).
+    - Values are returned in torch's default float dtype, but never below float32.
     - ``reset()`` clears everything: accumulators, position, latest value. Lightning calls it on every logged
-      metric at the end of each epoch, so a window never spans two epochs.
-    - Every state is registered with ``add_state``: with ``persistent(True)``, ``state_dict()`` saves the
-      position inside the current window and a resumed run continues it exactly. The ``settings`` state
-      records the metric's class and arguments: ``MetricCollection`` merges the states only of identically
-      configured metrics, whose reads all derive from the shared states, and ``load_state_dict`` refuses the
-      states of a differently configured metric.
+      metric at the end of each training epoch and validation run, so that by default a window never spans
+      two epochs; with ``span_epochs=True`` that one call changes nothing, and windows run on over the whole
+      run (a ``reset()`` that any other code calls still clears everything).
+
+    How the states are kept:
+
+    - The registered states (``add_state``) are float64 and stay float64: a dtype cast of the module
+      (``.half()``, ``.to(torch.bfloat16)``, ``set_dtype``, Lightning's ``precision="bf16-true"``) moves them
+      to the new device, if any, and changes neither their dtype nor their value.
+    - The position inside the window, the boundary flag and whether a window has completed are Python
+      attributes. With ``persistent(True)``, ``state_dict()`` saves them, with a checksum of the metric's
+      configuration and the rank of the saving process, in one int64 tensor (:data:`WINDOW_STATE_KEY`) beside
+      the registered states;
+      ``load_state_dict`` refuses the states of a differently configured metric, and restores the sums of the
+      window in progress only on the process of the rank that saved them (see :meth:`_load_from_state_dict`).
+    - ``MetricCollection`` compute groups never merge a window metric with another: its first registered state,
+      ``unshared``, holds NaN, which is equal to nothing. Compute groups share registered states only, and a
+      window's position is not one.
     """
 
     full_state_update = True  # forward's value depends on the whole state; torchmetrics' merge_state is refused
     is_differentiable = False
     higher_is_better = None
+    __jit_unused_properties__: ClassVar[list[str]] = [
+        *Metric.__jit_unused_properties__,
+        "at_boundary",
+        "_forward_cache",
+    ]
 
-    settings: Tensor
+    unshared: Tensor
 
-    def __init__(self, window: int, settings: Sequence[float] = (), **kwargs: Any) -> None:
+    def __init__(self, window: int, span_epochs: bool = False, **kwargs: Any) -> None:
         window = check_window(window)
+        span_epochs = check_flag("span_epochs", span_epochs)
         super().__init__(**kwargs)
         self.window = window
+        self.span_epochs = span_epochs
         # torchmetrics' compute wrapper must not synchronise the states: windows are synchronised when they close
         self._to_sync = False
         self._at_boundary = False
         self._has_latest = False
-        # The states below are never reduced across processes (see _sync_dist): they are the same on every one.
-        self.add_state("tally", torch.zeros(3, dtype=torch.int64), dist_reduce_fx=None)
-        identity = [_class_code(type(self)), window, *settings]
-        self.add_state("settings", torch.tensor(identity, dtype=torch.float64), dist_reduce_fx=None)
+        # NaN is equal to nothing, not even itself: compute groups, which compare the states in the order they
+        # were registered (torchmetrics < 1.6 compares only the first), never merge this metric with another.
+        self.add_state("unshared", torch.tensor(math.nan, dtype=torch.float64), dist_reduce_fx=None, persistent=False)
 
     @property
     def at_boundary(self) -> bool:
@@ -73,16 +104,6 @@ class WindowMetric(Metric, ABC):
         """
         return self._at_boundary
 
-    @property
-    def tally(self) -> Tensor:
-        """State ``[updates since reset, at_boundary, has a latest value]``, an int64 tensor on the CPU."""
-        return torch.tensor([self._update_count, self._at_boundary, self._has_latest], dtype=torch.int64)
-
-    @tally.setter
-    def tally(self, value: Tensor) -> None:
-        updates, at_boundary, has_latest = value.tolist()
-        self.__dict__.update(_update_count=int(updates), _at_boundary=bool(at_boundary), _has_latest=bool(has_latest))
-
     @property  # type: ignore[override]  # torchmetrics declares a plain attribute
     def _forward_cache(self) -> Optional[Tensor]:
         """The latest window value, or ``None``: what Lightning logs on step after ``forward`` or ``update``."""
@@ -91,6 +112,17 @@ class WindowMetric(Metric, ABC):
     @_forward_cache.setter
     def _forward_cache(self, value: object) -> None:
         """Ignore torchmetrics' writes (``__init__``, ``reset``, ``.to``): the cache derives from the states."""
+
+    def _check_not_synced(self) -> None:
+        """Refuse an update while the states are synchronised (after ``sync()``, before ``unsync()``).
+
+        Raises:
+            TorchMetricsUserError: If the metric is synchronised.
+        """
+        if self._is_synced:
+            raise TorchMetricsUserError(
+                f"{type(self).__name__} cannot be updated while it is synchronised: call `unsync()` first"
+            )
 
     def _advance(self) -> None:
         """Count one update and, if it completes the window, close the window.
@@ -119,6 +151,18 @@ class WindowMetric(Metric, ABC):
         """Return the latest window value; before the first window completes, the value of the updates so far."""
         return self._latest_value() if self._has_latest else self._window_value()
 
+    def reset(self) -> None:
+        """Clear the window, its position and the latest value.
+
+        With ``span_epochs=True``, the reset that Lightning's logger connector performs on every logged metric
+        at the end of a training epoch or validation run changes nothing; any other call clears everything.
+        """
+        if self.span_epochs and reset_by_lightning_at_loop_end():
+            return
+        super().reset()
+        self._at_boundary = self._has_latest = False
+        self._clear_window()  # the accumulators as updates add to them, not as torchmetrics' defaults left them
+
     @abstractmethod
     def _close_window(self) -> None:
         """Keep the value of the window that the current update completes, synchronised across processes."""
@@ -134,6 +178,10 @@ class WindowMetric(Metric, ABC):
     @abstractmethod
     def _window_value(self) -> Tensor:
         """Return the value of the updates accumulated so far, synchronised across processes."""
+
+    @abstractmethod
+    def _discard_saved_window(self, state_dict: dict[str, Any], prefix: str) -> None:
+        """Empty the window's accumulators, and remove their saved values from ``state_dict``."""
 
     def _wrap_update(self, update: Callable[..., None]) -> Callable[..., None]:
         """Leave ``update`` unwrapped: it counts itself, clears the compute cache and keeps no autograd graph.
@@ -151,6 +199,57 @@ class WindowMetric(Metric, ABC):
         Subclasses with accumulators replace them by their sums over all processes.
         """
 
+    def _apply(self, fn: Callable[[Tensor], Tensor], exclude_state: Sequence[str] = ()) -> Module:
+        """Apply ``fn`` to the module, and move this metric's states to its new device, dtype unchanged.
+
+        torchmetrics applies a dtype cast (``.to(dtype)``, ``set_dtype``) to every state; a window's float64
+        sums would lose the precision that long windows need, and a checkpoint saved under one precision could
+        not be loaded under another. So this metric's states only follow the device, like the device that
+        torchmetrics works out from ``fn``; a value cached by ``compute()`` is dropped, as it may have been cast.
+        """
+        own = [key for key in self._defaults if key not in exclude_state]
+        this = super()._apply(fn, exclude_state=(*exclude_state, *own))
+        device = self._device
+        for key in own:
+            default = self._defaults[key]
+            if isinstance(default, Tensor):
+                self._defaults[key] = default.to(device)
+            self._move_state(key, device)
+        self._computed = None
+        return this
+
+    def _move_state(self, key: str, device: torch.device) -> None:
+        """Move the state ``key`` to ``device``, its dtype unchanged."""
+        setattr(self, key, getattr(self, key).to(device))
+
+    def persistent(self, mode: bool = False) -> None:
+        """Say whether ``state_dict()`` saves the states and the window's position (default: no)."""
+        super().persistent(mode)
+        self._persistent["unshared"] = False
+
+    def _config(self) -> str:
+        """The class and the arguments, as ``state_dict()`` records them: ``WindowedMean(window=3, ...)``."""
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def extra_repr(self) -> str:
+        """Return the arguments that configure the metric, as ``repr`` shows them."""
+        return f"window={self.window}, span_epochs={self.span_epochs}"
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        """Save the window's position beside the persistent states (torchmetrics saves those).
+
+        The entry is an int64 tensor on the CPU: ``[configuration checksum, updates since reset, at_boundary,
+        has_latest, rank of the saving process]``.
+        """
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if any(self._persistent.values()):
+            position = [self._config_checksum(), self._update_count, self._at_boundary, self._has_latest]
+            destination[prefix + WINDOW_STATE_KEY] = torch.tensor([*position, current_rank()], dtype=torch.int64)
+
+    def _config_checksum(self) -> int:
+        """A CRC-32 of :meth:`_config`: equal for equally configured metrics, different (but by chance) otherwise."""
+        return zlib.crc32(self._config().encode())
+
     def _load_from_state_dict(
         self,
         state_dict: dict[str, Any],
@@ -161,22 +260,56 @@ class WindowMetric(Metric, ABC):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        """Load the states, unless they were saved by a differently configured metric.
+        """Load the states and the window's position, unless they were saved by a differently configured metric.
 
-        A refusal leaves this metric and its submodules (a wrapped metric) as they were.
+        A refusal leaves this metric and its submodules (a wrapped metric) as they were. The sums of the window
+        in progress are the saving process's own: they are restored only on the process of the same rank
+        (the only one, without ``torch.distributed``), and every other process starts them from zero. So a
+        checkpoint that each process saves and loads for itself resumes exactly, and a checkpoint of one rank
+        loaded by every process (Lightning's) counts no update twice, whatever the world sizes at saving and
+        loading: the window in progress then holds that rank's updates, and the other ranks' are lost. The
+        position, the latest window value and an EMA are the same on every process, and are restored on all.
+        The rank is read when the states are loaded: load them after ``torch.distributed`` is initialised (as
+        ``Trainer.fit(ckpt_path=...)`` does).
         """
-        saved = state_dict.get(prefix + "settings")
-        if saved is not None and not _same_numbers(saved, self.settings):
-            for key in [key for key in state_dict if key.startswith(prefix)]:
-                del state_dict[key]
-            error_msgs.append(
-                f"{prefix}settings: the states were saved by a differently configured metric ({saved.tolist()}"
-                f" instead of {self.settings.tolist()}, as [class code, window, other arguments])"
-            )
-            return
+        saved = state_dict.pop(prefix + WINDOW_STATE_KEY, None)
+        if saved is not None:
+            checksum, updates, at_boundary, has_latest, rank = (int(number) for number in saved.tolist())
+            if checksum != self._config_checksum():
+                for key in [key for key in state_dict if key.startswith(prefix)]:
+                    del state_dict[key]
+                error_msgs.append(
+                    f"{prefix}{WINDOW_STATE_KEY}: the states were saved by a differently configured metric than"
+                    f" {self._config()} (configuration checksum {checksum} instead of {self._config_checksum()})"
+                )
+                return
+            if rank != current_rank():
+                self._discard_saved_window(state_dict, prefix)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        if saved is not None:
+            self._update_count, self._at_boundary, self._has_latest = updates, bool(at_boundary), bool(has_latest)
+        self._computed = None
+
+    def plot(self, val: Optional[Any] = None, ax: Optional[_AX_TYPE] = None) -> _PLOT_OUT_TYPE:
+        """Plot a window value, or a sequence of them, with torchmetrics' plotting (needs matplotlib).
+
+        Args:
+            val: a value returned by ``forward`` or ``compute``, or a list of them (one per window); by default
+                the value of ``compute()``.
+            ax: a matplotlib axis to draw into; by default a new figure.
+
+        Returns:
+            The figure and the axis.
+
+        Example:
+            >>> from windowmetrics import WindowedMean
+            >>> metric = WindowedMean(window=2)
+            >>> values = [metric(float(step)) for step in range(6)][1::2]  # the value at each boundary
+            >>> fig, ax = metric.plot(values)
+        """
+        return self._plot(val, ax)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickle, then give every metric state its own storage.
@@ -191,14 +324,3 @@ class WindowMetric(Metric, ABC):
                     value = getattr(module, name)
                     copy = value.clone() if isinstance(value, Tensor) else [item.clone() for item in value]
                     setattr(module, name, copy)
-
-
-def _class_code(cls: type) -> float:
-    """Return a number that identifies a class by its qualified name (a CRC-32, exact in float64)."""
-    return float(zlib.crc32(f"{cls.__module__}.{cls.__qualname__}".encode()))
-
-
-def _same_numbers(first: Tensor, second: Tensor) -> bool:
-    return first.shape == second.shape and bool(
-        torch.allclose(first.cpu(), second.cpu(), rtol=0.0, atol=0.0, equal_nan=True)
-    )

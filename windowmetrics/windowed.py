@@ -1,6 +1,5 @@
 """Windowed: any torchmetrics metric computed over windows of n updates."""
 
-import math
 from typing import Any, Optional
 
 import torch
@@ -55,27 +54,39 @@ class Windowed(WindowMetric):
 
     latest: Tensor
 
-    def __init__(self, metric: Metric, window: int) -> None:
+    def __init__(self, metric: Metric, window: int, *, span_epochs: bool = False) -> None:
         metric = check_metric(metric)
-        # NaN is equal to nothing, not even itself: MetricCollection never merges this metric with another.
-        super().__init__(window, settings=(math.nan,))
+        super().__init__(window, span_epochs)
         self.metric = metric
         # The wrapped metric's value over the latest window: the same on every process, never reduced.
         self.add_state("latest", torch.zeros(()), dist_reduce_fx=None)
 
+    def extra_repr(self) -> str:
+        """Return the arguments that configure the metric, as ``repr`` shows them (the metric as a submodule)."""
+        return f"window={self.window}, span_epochs={self.span_epochs}"
+
+    def _config(self) -> str:
+        return f"{type(self).__name__}({type(self.metric).__name__}, {self.extra_repr()})"
+
     def update(self, *args: Any, **kwargs: Any) -> None:
         """Update the wrapped metric; close the window if this update completes it."""
+        self._check_not_synced()
         self.metric.update(*args, **kwargs)
         self._advance()
 
+    @torch.jit.unused
     def forward(self, *args: Any, **kwargs: Any) -> Optional[Tensor]:
         """Update, then return the latest window value, or ``None`` until a window has completed."""
-        self.metric.update(*args, **kwargs)
-        self._advance()
+        self.update(*args, **kwargs)
         return self._latest_value() if self._has_latest else None
 
     def _close_window(self) -> None:
-        self.latest = self._window_value()
+        self.__dict__["latest"] = self._window_value()
+
+    def _discard_saved_window(self, state_dict: dict[str, Any], prefix: str) -> None:
+        for key in [key for key in state_dict if key.startswith(prefix + "metric.")]:
+            del state_dict[key]
+        self.metric.reset()
 
     def _clear_window(self) -> None:
         self.metric.reset()
@@ -90,12 +101,9 @@ class Windowed(WindowMetric):
                 f"Windowed needs a metric whose compute() returns a tensor; {type(self.metric).__name__}"
                 f" returned {describe(value)}"
             )
+        if value.is_floating_point() and value.dtype.itemsize < 4:  # never below float32, as Lightning logs
+            return value.float()
         return value
-
-    def reset(self) -> None:
-        """Clear the window, the latest value and the wrapped metric."""
-        super().reset()
-        self.metric.reset()
 
     def persistent(self, mode: bool = False) -> None:
         """Say whether ``state_dict()`` saves the states, the wrapped metric's included."""
