@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from windowmetrics.accumulate import WindowSums
+from windowmetrics.compile import eagerly, is_dynamo_compiling
 from windowmetrics.nan_strategy import NanStrategyArg
 from windowmetrics.scalars import Scalar
 from windowmetrics.value_window import ValueWindow
@@ -55,12 +56,17 @@ class WindowedSum(ValueWindow):
 
     def update(self, value: Union[float, Tensor]) -> None:
         """Add ``value``'s elements to the window; close it if this update completes it."""
+        if is_dynamo_compiling():
+            return eagerly(self.update, value)
         self._accumulate(value, 1.0)
         self._advance()
+        return None
 
     @torch.jit.unused
     def forward(self, value: Union[float, Tensor]) -> Optional[Tensor]:
         """Update, then return the latest window value, or ``None`` until a window has completed."""
+        if is_dynamo_compiling():
+            return eagerly(self.forward, value)
         self._accumulate(value, 1.0)
         self._advance()
         return self._latest_value() if self._has_latest else None

@@ -9,6 +9,7 @@ from torch import Tensor
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from windowmetrics.accumulate import WindowSums, add_update
+from windowmetrics.compile import eagerly, is_dynamo_compiling
 from windowmetrics.distributed import sum_over_processes
 from windowmetrics.nan_strategy import NanStrategy, NanStrategyArg
 from windowmetrics.scalars import Scalar, ScalarState, divide, host_path
@@ -143,12 +144,17 @@ class WeightedMeanWindow(ValueWindow):
 
     def update(self, value: Union[float, Tensor], weight: Union[float, Tensor] = 1.0) -> None:
         """Add ``value``'s elements with ``weight`` to the window; close it if this update completes it."""
+        if is_dynamo_compiling():
+            return eagerly(self.update, value, weight)
         self._accumulate(value, weight)
         self._advance()
+        return None
 
     @torch.jit.unused
     def forward(self, value: Union[float, Tensor], weight: Union[float, Tensor] = 1.0) -> Optional[Tensor]:
         """Update, then return the latest window value, or ``None`` until a window has completed."""
+        if is_dynamo_compiling():
+            return eagerly(self.forward, value, weight)
         self._accumulate(value, weight)
         self._advance()
         return self._latest_value() if self._has_latest else None

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from windowmetrics.compile import eagerly, is_dynamo_compiling
 from windowmetrics.validation import check_metric, describe
 from windowmetrics.window import WindowMetric
 
@@ -70,13 +71,18 @@ class Windowed(WindowMetric):
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         """Update the wrapped metric; close the window if this update completes it."""
+        if is_dynamo_compiling():
+            return eagerly(self.update, *args, **kwargs)
         self._check_not_synced()
         self.metric.update(*args, **kwargs)
         self._advance()
+        return None
 
     @torch.jit.unused
     def forward(self, *args: Any, **kwargs: Any) -> Optional[Tensor]:
         """Update, then return the latest window value, or ``None`` until a window has completed."""
+        if is_dynamo_compiling():
+            return eagerly(self.forward, *args, **kwargs)
         self.update(*args, **kwargs)
         return self._latest_value() if self._has_latest else None
 
