@@ -40,11 +40,15 @@ class EMALoss(WeightedMeanWindow):
         decay: weight of the past, a float with ``0 <= decay < 1``.
         window: number of ``update``/``forward`` calls per window mean, an int >= 1 (default 1).
         nan_strategy: what to do with NaN elements, as for :class:`~windowmetrics.WindowedMean`.
+        span_epochs: if ``True``, the reset that Lightning performs on every logged metric at the end of each
+            training epoch and validation run changes nothing, so that windows close every ``window`` updates
+            over the whole run; any other ``reset()`` still clears everything (default ``False``: windows
+            start again at each epoch when the metric is logged with ``self.log``).
         kwargs: torchmetrics' ``Metric`` keyword arguments, with their torchmetrics meaning.
 
     Raises:
-        TypeError: If ``decay`` is not a number, ``window`` is not an int, or ``nan_strategy`` is neither a
-            name nor a number.
+        TypeError: If ``decay`` is not a number, ``window`` is not an int, ``span_epochs`` is not a bool, or
+            ``nan_strategy`` is neither a name nor a number.
         ValueError: If ``decay`` is outside ``[0, 1)``, ``window`` is smaller than 1, or ``nan_strategy`` is an
             unknown name.
 

@@ -12,9 +12,10 @@ class WindowedMean(WeightedMeanWindow):
     A window's value is :math:`\sum_i v_i w_i / \sum_i w_i` over every element :math:`v_i` of every value given
     to the window's updates, with its weight :math:`w_i`: a per-sample loss tensor, or a per-batch mean loss
     with the batch size as weight, gives the per-sample mean of the window, never a mean of batch means.
-    Sums are float64 (exact for integer values up to 2**53) and the value is rounded once, to torch's default
-    float dtype. See :class:`~windowmetrics.window.WindowMetric` for the window contract: when a window
-    closes, what ``forward``, ``compute`` and ``reset`` do, and how Lightning logs it.
+    Sums are float64 (exact for integer values up to 2**53), whatever dtype the module is cast to, and the
+    value is rounded once, to torch's default float dtype but never below float32. See
+    :class:`~windowmetrics.window.WindowMetric` for the window contract: when a window closes, what ``forward``,
+    ``compute`` and ``reset`` do, and how Lightning logs it.
 
     As input to ``forward`` and ``update`` the metric accepts the following input
 
@@ -34,11 +35,16 @@ class WindowedMean(WeightedMeanWindow):
         nan_strategy: what to do with NaN elements: ``"disable"`` (default: NaN propagates, as in a logged
             loss), ``"ignore"``, ``"warn"``, ``"error"`` or a float to impute; see
             :class:`~windowmetrics.nan_strategy.NanStrategy`.
+        span_epochs: if ``True``, the reset that Lightning performs on every logged metric at the end of each
+            training epoch and validation run changes nothing, so that windows close every ``window`` updates
+            over the whole run; any other ``reset()`` still clears everything (default ``False``: windows
+            start again at each epoch when the metric is logged with ``self.log``).
         kwargs: torchmetrics' ``Metric`` keyword arguments (``sync_on_compute``, ``process_group``,
             ``dist_sync_fn``, ...), with their torchmetrics meaning.
 
     Raises:
-        TypeError: If ``window`` is not an int, or ``nan_strategy`` is neither a name nor a number.
+        TypeError: If ``window`` is not an int, ``span_epochs`` is not a bool, or ``nan_strategy`` is neither a name nor
+            a number.
         ValueError: If ``window`` is smaller than 1, or ``nan_strategy`` is an unknown name.
 
     Example:

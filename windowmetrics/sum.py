@@ -16,8 +16,8 @@ class WindowedSum(ValueWindow):
     """Sum of every element of every value over windows of ``window`` updates.
 
     Counts such as samples or tokens seen per window, summed over processes. Sums are float64 (exact for
-    integer values up to 2**53) and the value is rounded once, to torch's default float dtype. See
-    :class:`~windowmetrics.window.WindowMetric` for the window contract.
+    integer values up to 2**53) and the value is rounded once, to torch's default float dtype but never below
+    float32. See :class:`~windowmetrics.window.WindowMetric` for the window contract.
 
     As input to ``forward`` and ``update`` the metric accepts the following input
 
@@ -33,10 +33,15 @@ class WindowedSum(ValueWindow):
     Args:
         window: number of ``update``/``forward`` calls that make one window, an int >= 1.
         nan_strategy: what to do with NaN elements, as for :class:`~windowmetrics.WindowedMean`.
+        span_epochs: if ``True``, the reset that Lightning performs on every logged metric at the end of each
+            training epoch and validation run changes nothing, so that windows close every ``window`` updates
+            over the whole run; any other ``reset()`` still clears everything (default ``False``: windows
+            start again at each epoch when the metric is logged with ``self.log``).
         kwargs: torchmetrics' ``Metric`` keyword arguments, with their torchmetrics meaning.
 
     Raises:
-        TypeError: If ``window`` is not an int, or ``nan_strategy`` is neither a name nor a number.
+        TypeError: If ``window`` is not an int, ``span_epochs`` is not a bool, or ``nan_strategy`` is neither a name nor
+            a number.
         ValueError: If ``window`` is smaller than 1, or ``nan_strategy`` is an unknown name.
 
     Example:

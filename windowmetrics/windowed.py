@@ -20,8 +20,7 @@ class Windowed(WindowMetric):
     samples of the window's batches, whatever their sizes, never an average of per-batch values. See
     :class:`~windowmetrics.window.WindowMetric` for the window contract.
 
-    A ``Windowed`` metric never shares its states with another in a ``MetricCollection``: its window lives in
-    the wrapped metric, whose states are not its own.
+    A value of a floating dtype below float32 (a metric cast to half precision) is returned as float32.
 
     As input to ``forward`` and ``update`` the metric accepts the inputs of the wrapped metric's ``update``.
 
@@ -36,9 +35,14 @@ class Windowed(WindowMetric):
         metric: the torchmetrics ``Metric`` to compute per window, whose ``compute()`` returns a tensor (as
             Lightning's logging requires). A ``MetricCollection`` is not accepted: wrap each member instead.
         window: number of ``update``/``forward`` calls that make one window, an int >= 1.
+        span_epochs: if ``True``, the reset that Lightning performs on every logged metric at the end of each
+            training epoch and validation run changes nothing, so that windows close every ``window`` updates
+            over the whole run; any other ``reset()`` still clears everything (default ``False``: windows
+            start again at each epoch when the metric is logged with ``self.log``).
 
     Raises:
-        TypeError: If ``metric`` is not a torchmetrics ``Metric`` or ``window`` is not an int; at a boundary,
+        TypeError: If ``metric`` is not a torchmetrics ``Metric``, ``window`` is not an int or ``span_epochs``
+            is not a bool; at a boundary,
             if the wrapped metric's ``compute()`` did not return a tensor (the window is then discarded).
         ValueError: If ``window`` is smaller than 1.
 
