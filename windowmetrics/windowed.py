@@ -1,9 +1,11 @@
 """Windowed: any torchmetrics metric computed over windows of n updates."""
 
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
+from torch.nn import Module
 from torchmetrics import Metric
 
 from windowmetrics.compile import eagerly, is_dynamo_compiling
@@ -58,6 +60,7 @@ class Windowed(WindowMetric):
     """
 
     latest: Tensor
+    metric: Metric
 
     def __init__(self, metric: Metric, window: int, *, span_epochs: bool = False) -> None:
         metric = check_metric(metric)
@@ -92,6 +95,21 @@ class Windowed(WindowMetric):
 
     def _close_window(self) -> None:
         self.__dict__["latest"] = self._window_value()
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], exclude_state: Sequence[str] = ()) -> Module:
+        """Apply ``fn`` as :class:`~windowmetrics.window.WindowMetric` does; move the wrapped metric, dtype unchanged.
+
+        torchmetrics would cast the wrapped metric's states with the module (``.to(torch.bfloat16)``,
+        Lightning's ``*-true`` precisions), as it casts its own metrics'; a window's metric keeps its precision.
+        """
+        metric = self.metric
+        del self._modules["metric"]  # out of the module's reach while fn is applied
+        try:
+            this = super()._apply(fn, exclude_state)
+        finally:
+            self._modules["metric"] = metric
+        metric.to(self._device)
+        return this
 
     def _discard_saved_window(self, state_dict: dict[str, Any], prefix: str) -> None:
         for key in [key for key in state_dict if key.startswith(prefix + "metric.")]:
