@@ -60,7 +60,6 @@ class Windowed(WindowMetric):
     """
 
     latest: Tensor
-    metric: Metric
 
     def __init__(self, metric: Metric, window: int, *, span_epochs: bool = False) -> None:
         metric = check_metric(metric)
@@ -102,13 +101,13 @@ class Windowed(WindowMetric):
         torchmetrics would cast the wrapped metric's states with the module (``.to(torch.bfloat16)``,
         Lightning's ``*-true`` precisions), as it casts its own metrics'; a window's metric keeps its precision.
         """
-        metric = self.metric
-        del self._modules["metric"]  # out of the module's reach while fn is applied
+        metric = self._modules.pop("metric")  # out of the module's reach while fn is applied
         try:
             this = super()._apply(fn, exclude_state)
         finally:
             self._modules["metric"] = metric
-        metric.to(self._device)
+        if metric is not None:
+            metric.to(self._device)
         return this
 
     def _discard_saved_window(self, state_dict: dict[str, Any], prefix: str) -> None:
