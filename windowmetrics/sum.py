@@ -1,6 +1,6 @@
 """WindowedSum: the sum of a quantity over windows of n updates."""
 
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, cast
 
 import torch
 from torch import Tensor
@@ -62,7 +62,8 @@ class WindowedSum(ValueWindow):
     def update(self, value: Union[float, Tensor]) -> None:
         """Add ``value``'s elements to the window; close it if this update completes it."""
         if is_dynamo_compiling():
-            return eagerly(self.update, value)
+            eagerly(self.update, value)
+            return None
         self._accumulate(value, 1.0)
         self._advance()
         return None
@@ -71,7 +72,7 @@ class WindowedSum(ValueWindow):
     def forward(self, value: Union[float, Tensor]) -> Optional[Tensor]:
         """Update, then return the latest window value, or ``None`` until a window has completed."""
         if is_dynamo_compiling():
-            return eagerly(self.forward, value)
+            return cast(Optional[Tensor], eagerly(self.forward, value))
         self._accumulate(value, 1.0)
         self._advance()
         return self._latest_value() if self._has_latest else None

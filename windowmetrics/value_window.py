@@ -2,7 +2,7 @@
 
 from abc import abstractmethod
 from collections.abc import Callable
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, cast
 
 import torch
 from torch import Tensor
@@ -145,7 +145,8 @@ class WeightedMeanWindow(ValueWindow):
     def update(self, value: Union[float, Tensor], weight: Union[float, Tensor] = 1.0) -> None:
         """Add ``value``'s elements with ``weight`` to the window; close it if this update completes it."""
         if is_dynamo_compiling():
-            return eagerly(self.update, value, weight)
+            eagerly(self.update, value, weight)
+            return None
         self._accumulate(value, weight)
         self._advance()
         return None
@@ -154,7 +155,7 @@ class WeightedMeanWindow(ValueWindow):
     def forward(self, value: Union[float, Tensor], weight: Union[float, Tensor] = 1.0) -> Optional[Tensor]:
         """Update, then return the latest window value, or ``None`` until a window has completed."""
         if is_dynamo_compiling():
-            return eagerly(self.forward, value, weight)
+            return cast(Optional[Tensor], eagerly(self.forward, value, weight))
         self._accumulate(value, weight)
         self._advance()
         return self._latest_value() if self._has_latest else None

@@ -113,6 +113,14 @@ class WindowMetric(Metric, ABC):
     def _forward_cache(self, value: object) -> None:
         """Ignore torchmetrics' writes (``__init__``, ``reset``, ``.to``): the cache derives from the states."""
 
+    def _present_latest(self) -> None:
+        """Make the latest window value that ``forward`` returns now, so that the next update does not.
+
+        Called where the latest value changes outside a boundary: loading, moving to another device.
+        """
+        if self._has_latest:
+            self._latest_value()
+
     def _check_not_synced(self) -> None:
         """Refuse an update while the states are synchronised (after ``sync()``, before ``unsync()``).
 
@@ -216,6 +224,7 @@ class WindowMetric(Metric, ABC):
                 self._defaults[key] = default.to(device)
             self._move_state(key, device)
         self._computed = None
+        self._present_latest()
         return this
 
     def _move_state(self, key: str, device: torch.device) -> None:
@@ -291,6 +300,7 @@ class WindowMetric(Metric, ABC):
         if saved is not None:
             self._update_count, self._at_boundary, self._has_latest = updates, bool(at_boundary), bool(has_latest)
         self._computed = None
+        self._present_latest()
 
     def plot(self, val: Optional[Any] = None, ax: Optional[_AX_TYPE] = None) -> _PLOT_OUT_TYPE:
         """Plot a window value, or a sequence of them, with torchmetrics' plotting (needs matplotlib).

@@ -1,7 +1,7 @@
 """Windowed: any torchmetrics metric computed over windows of n updates."""
 
 from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import torch
 from torch import Tensor
@@ -78,7 +78,8 @@ class Windowed(WindowMetric):
     def update(self, *args: Any, **kwargs: Any) -> None:
         """Update the wrapped metric; close the window if this update completes it."""
         if is_dynamo_compiling():
-            return eagerly(self.update, *args, **kwargs)
+            eagerly(self.update, *args, **kwargs)
+            return None
         self._check_not_synced()
         self.metric.update(*args, **kwargs)
         self._advance()
@@ -88,7 +89,7 @@ class Windowed(WindowMetric):
     def forward(self, *args: Any, **kwargs: Any) -> Optional[Tensor]:
         """Update, then return the latest window value, or ``None`` until a window has completed."""
         if is_dynamo_compiling():
-            return eagerly(self.forward, *args, **kwargs)
+            return cast(Optional[Tensor], eagerly(self.forward, *args, **kwargs))
         self.update(*args, **kwargs)
         return self._latest_value() if self._has_latest else None
 
