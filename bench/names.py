@@ -38,3 +38,10 @@ def wrapped(metric: str, window: int) -> str:
 MEMORY_WINDOWS = (10, 100_000)
 STATE_BYTES = "state bytes (state_dict)"
 HEAP_BYTES = "Python heap bytes (tracemalloc)"
+
+PACKED_ALL_REDUCE = "floor: all_reduce of the packed sums (4 float64)"
+
+
+def synchronisation_group(world_size: int) -> str:
+    """Return the title of the group that times a window's synchronisation across ``world_size`` gloo processes."""
+    return f"a window's synchronisation, gloo, {world_size} processes"

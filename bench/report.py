@@ -68,6 +68,10 @@ METHOD = """\
   the mean step time over 100 steps, a full window, so a metric logged only at its boundary is charged its real rate.
   The three windowmetrics are `WindowedMean(100)` of the loss weighted by the batch size, `WindowedSum(100)` of
   the batch size and `EMALoss(window=100)` of the loss.
+- A window's synchronisation: rank 0 of a gloo group on the loopback interface (2, then 4 processes on this
+  machine's cores), the other ranks spawned and mirroring every operation; each round times one operation after an
+  untimed barrier. The floor is one bare `all_reduce` of a float64 tensor holding a window's three sums and the
+  update count (the 4 values a boundary packs); `MeanMetric compute()` synchronises each of its two states.
 - Memory: the bytes of all state tensors that `state_dict()` saves with `persistent(True)`, and the Python heap
   (tracemalloc) that building the metric and 1000 updates leave allocated; tracemalloc sees tensor objects but not
   torch's tensor storage, which the first column counts.
