@@ -53,6 +53,8 @@ OPS_FIRST_UPDATE = "ops, first update"
 READS_PER_UPDATE = "host reads per update"
 OPS_AT_BOUNDARY = "ops at a boundary"
 READS_AT_BOUNDARY = "host reads at a boundary"
+SYNCHRONISED_COLLECTIVES = "collectives at a synchronised boundary"
+READS_AT_SYNCHRONISED_BOUNDARY = "host reads at a synchronised boundary"
 UPDATE_OPERATORS = "operators of an update"
 
 

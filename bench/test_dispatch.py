@@ -10,16 +10,20 @@ not shown).
 - per update: an update that closes no window, in the steady state (after two windows), and the first update
   after construction;
 - at a boundary: the update that closes a window; for torchmetrics' metrics, which have no window,
-  ``compute()`` after an update (what producing a value to log costs).
+  ``compute()`` after an update (what producing a value to log costs);
+- at a synchronised boundary: the same in a gloo process group of this process alone, where a boundary
+  synchronises as under DDP: its collectives (``c10d`` operators; the floor is one) and its host reads.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Optional, Union
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.aggregation import MeanMetric, RunningMean, SumMetric
@@ -33,15 +37,18 @@ from bench.names import (
     OPS_PER_UPDATE,
     PER_SAMPLE,
     READS_AT_BOUNDARY,
+    READS_AT_SYNCHRONISED_BOUNDARY,
     READS_PER_UPDATE,
     SCALAR,
     SUM_METRIC,
+    SYNCHRONISED_COLLECTIVES,
     UPDATE_OPERATORS,
     WINDOW,
     dispatch_group,
     windowed,
 )
 from tests.dispatch_counter import DispatchCounter
+from tests.process_group import free_port, skip_without_gloo
 from windowmetrics import EMALoss, WindowedMean, WindowedSum, scalars
 
 LOSSES = {SCALAR: torch.tensor(0.7), PER_SAMPLE: torch.rand(256, generator=torch.Generator().manual_seed(0))}
@@ -108,10 +115,24 @@ def cases(inputs: str) -> list[Case]:
 DISPATCH_BENCHMARKS = [(inputs, case) for inputs in (SCALAR, PER_SAMPLE) for case in cases(inputs)]
 
 
+def collectives(counter: DispatchCounter) -> int:
+    return sum(op.startswith("c10d.") for op in counter.ops)
+
+
 def counted(action: Callable[[], object]) -> DispatchCounter:
     with DispatchCounter() as counter:
         action()
     return counter
+
+
+@contextmanager
+def one_process_group() -> Iterator[None]:
+    """A gloo process group of this process alone: a boundary synchronises in it as under DDP."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize(
@@ -130,6 +151,10 @@ def test_dispatch(benchmark: Any, monkeypatch: pytest.MonkeyPatch, inputs: str, 
     steady = counted(update)
     boundary = case.boundary(case.build(), loss)
     at_boundary = counted(boundary) if boundary else None
+    skip_without_gloo()
+    with one_process_group():
+        synchronised = case.boundary(case.build(), loss)
+        at_synchronised = counted(synchronised) if synchronised else None
     benchmark.group = dispatch_group(inputs)
     benchmark.extra_info.update(
         {
@@ -140,6 +165,8 @@ def test_dispatch(benchmark: Any, monkeypatch: pytest.MonkeyPatch, inputs: str, 
             READS_PER_UPDATE: max(steady.sync_count, first.sync_count),
             OPS_AT_BOUNDARY: at_boundary.op_count if at_boundary else "",
             READS_AT_BOUNDARY: at_boundary.sync_count if at_boundary else "",
+            SYNCHRONISED_COLLECTIVES: collectives(at_synchronised) if at_synchronised else "",
+            READS_AT_SYNCHRONISED_BOUNDARY: at_synchronised.sync_count if at_synchronised else "",
             UPDATE_OPERATORS: ", ".join(steady.ops),
         }
     )
