@@ -83,11 +83,11 @@ METHOD = """\
 - Dispatched operators and host reads: with `windowmetrics.scalars.PREFER_HOST = False` the sums are 0-dim tensors,
   as on a GPU, and a `TorchDispatchMode` (tests/dispatch_counter.py) records every operator dispatched (one kernel
   launch each on a GPU, views aside) and every read of a tensor's value by the host (`.item()`, `tolist()`, ...: a
-  host-device synchronisation on a GPU). "Per update" is an update that closes no window after two windows; "first
-  update" the first after construction; "at a boundary" the update that closes a window, and for torchmetrics'
-  metrics `compute()` after an update; "synchronised" the same in a gloo group of one process, where it synchronises
-  as under DDP (collectives are the `c10d` operators dispatched; the floor of a synchronised window is one). The
-  counts are exact; tests/test_dispatch_counts.py asserts the targets.
+  host-device synchronisation on a GPU). "Per update" is an update that closes no window, the second of a window
+  after two windows; "first update" the first after construction; "at a boundary" the update that closes a window,
+  and for torchmetrics' metrics `compute()` after an update; "synchronised" the same in a gloo group of one process,
+  where it synchronises as under DDP (collectives are the `c10d` operators dispatched; the floor of a synchronised
+  window is one). The counts are exact; tests/test_dispatch_counts.py asserts them.
 - Memory: the bytes of all state tensors that `state_dict()` saves with `persistent(True)`, and the Python heap
   (tracemalloc) that building the metric and 1000 updates leave allocated; tracemalloc sees tensor objects but not
   torch's tensor storage, which the first column counts.

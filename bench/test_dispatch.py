@@ -7,8 +7,8 @@ the CPU. Each row is a metric with a loss and a weight, beside torchmetrics' cou
 counts are deterministic and go to ``bench/report.py`` as ``extra_info`` columns (the row's one timed round is
 not shown).
 
-- per update: an update that closes no window, in the steady state (after two windows), and the first update
-  after construction;
+- per update: an update that closes no window, in the steady state (the second of a window, after two windows),
+  and the first update after construction;
 - at a boundary: the update that closes a window; for torchmetrics' metrics, which have no window,
   ``compute()`` after an update (what producing a value to log costs);
 - at a synchronised boundary: the same in a gloo process group of this process alone, where a boundary
@@ -146,7 +146,7 @@ def test_dispatch(benchmark: Any, monkeypatch: pytest.MonkeyPatch, inputs: str, 
     first = counted(case.update(case.build(), loss))
     built = case.build()
     update = case.update(built, loss)
-    for _ in range(2 * WINDOW):
+    for _ in range(2 * WINDOW + 1):  # two windows and the first update of the next
         update()
     steady = counted(update)
     boundary = case.boundary(case.build(), loss)
