@@ -38,3 +38,26 @@ def wrapped(metric: str, window: int) -> str:
 MEMORY_WINDOWS = (10, 100_000)
 STATE_BYTES = "state bytes (state_dict)"
 HEAP_BYTES = "Python heap bytes (tracemalloc)"
+
+PACKED_ALL_REDUCE = "floor: all_reduce of the packed sums (4 float64)"
+
+
+def synchronisation_group(world_size: int) -> str:
+    """Return the title of the group that times a window's synchronisation across ``world_size`` gloo processes."""
+    return f"a window's synchronisation, gloo, {world_size} processes"
+
+
+DISPATCH_TITLE = "dispatched operators and host reads, accelerator path"
+OPS_PER_UPDATE = "ops per update"
+OPS_FIRST_UPDATE = "ops, first update"
+READS_PER_UPDATE = "host reads per update"
+OPS_AT_BOUNDARY = "ops at a boundary"
+READS_AT_BOUNDARY = "host reads at a boundary"
+SYNCHRONISED_COLLECTIVES = "collectives at a synchronised boundary"
+READS_AT_SYNCHRONISED_BOUNDARY = "host reads at a synchronised boundary"
+UPDATE_OPERATORS = "operators of an update"
+
+
+def dispatch_group(inputs: str) -> str:
+    """Return the title of the group that counts what an update dispatches on ``inputs``."""
+    return f"{DISPATCH_TITLE}, {inputs}"

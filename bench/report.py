@@ -4,8 +4,10 @@ Every benchmark in the JSON appears in the table of its pytest-benchmark ``group
 they ran, so benchmarks added to bench/ later join the report without changes here. A row reads these optional
 ``extra_info`` keys: ``label`` (the row's name, else the test's), ``reference`` (true for the row that the whole
 group is divided by, e.g. the floor) and ``counterpart`` (the label of another row of the group that this row is
-divided by, e.g. its torchmetrics counterpart); any other key becomes a column. Times are medians over the rounds,
-ratios are ratios of medians. The targets at the top are read from the rows that bench/names.py names.
+divided by, e.g. its torchmetrics counterpart) and ``untimed`` (true for a row whose columns are all its
+``extra_info``, e.g. counts of dispatched operators; a group of such rows has no time columns); any other key
+becomes a column. Times are medians over the rounds, ratios are ratios of medians. The targets at the top are
+read from the rows that bench/names.py names.
 """
 
 import argparse
@@ -19,21 +21,27 @@ from typing import Any, Optional
 from bench.names import (
     ACCURACY_INPUTS,
     FLOOR,
+    FLOOR_OF_SUM,
     LIGHTNING,
     MEAN_METRIC,
     MEMORY,
     MEMORY_WINDOWS,
     OPERATIONS,
+    OPS_FIRST_UPDATE,
+    OPS_PER_UPDATE,
     PER_SAMPLE,
+    READS_AT_BOUNDARY,
+    READS_PER_UPDATE,
     SCALAR,
     STATE_BYTES,
     WINDOW,
+    dispatch_group,
     group,
     windowed,
     wrapped,
 )
 
-_READ_KEYS = ("label", "reference", "counterpart")
+_READ_KEYS = ("label", "reference", "counterpart", "untimed")
 COMMAND = (
     "python3 -m venv .venv && .venv/bin/pip install -q torch==2.13.0 -e '.[dev]'"
     " && .venv/bin/python -m pytest bench --benchmark-min-time=0.0005 --benchmark-max-time=0.5"
@@ -68,6 +76,18 @@ METHOD = """\
   the mean step time over 100 steps, a full window, so a metric logged only at its boundary is charged its real rate.
   The three windowmetrics are `WindowedMean(100)` of the loss weighted by the batch size, `WindowedSum(100)` of
   the batch size and `EMALoss(window=100)` of the loss.
+- A window's synchronisation: rank 0 of a gloo group on the loopback interface (2, then 4 processes on this
+  machine's cores), the other ranks spawned and mirroring every operation; each round times one operation after an
+  untimed barrier. The floor is one bare `all_reduce` of a float64 tensor holding a window's three sums and the
+  update count (the 4 values a boundary packs); `MeanMetric compute()` synchronises each of its two states.
+- Dispatched operators and host reads: with `windowmetrics.scalars.PREFER_HOST = False` the sums are 0-dim tensors,
+  as on a GPU, and a `TorchDispatchMode` (tests/dispatch_counter.py) records every operator dispatched (one kernel
+  launch each on a GPU, views aside) and every read of a tensor's value by the host (`.item()`, `tolist()`, ...: a
+  host-device synchronisation on a GPU). "Per update" is an update that closes no window, the second of a window
+  after two windows; "first update" the first after construction; "at a boundary" the update that closes a window,
+  and for torchmetrics' metrics `compute()` after an update; "synchronised" the same in a gloo group of one process,
+  where it synchronises as under DDP (collectives are the `c10d` operators dispatched; the floor of a synchronised
+  window is one). The counts are exact; tests/test_dispatch_counts.py asserts them.
 - Memory: the bytes of all state tensors that `state_dict()` saves with `persistent(True)`, and the Python heap
   (tracemalloc) that building the metric and 1000 updates leave allocated; tracemalloc sees tensor objects but not
   torch's tensor storage, which the first column counts.
@@ -85,6 +105,7 @@ class Row:
     reference: bool
     counterpart: Optional[str]
     columns: dict[str, Any]
+    untimed: bool = False
 
     @classmethod
     def read(cls, benchmark: dict[str, Any]) -> "Row":
@@ -98,6 +119,7 @@ class Row:
             reference=bool(extra_info.get("reference", False)),
             counterpart=extra_info.get("counterpart"),
             columns={key: value for key, value in extra_info.items() if key not in _READ_KEYS},
+            untimed=bool(extra_info.get("untimed", False)),
         )
 
 
@@ -132,19 +154,34 @@ def cell(value: object) -> str:
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
-def markdown_table(header: list[str], body: Iterable[list[str]], numbers: bool = True) -> Iterator[str]:
-    """Return a markdown table; with ``numbers``, every column but the first is aligned right."""
+def markdown_table(
+    header: list[str], body: Iterable[list[str]], numbers: bool = True, text: Iterable[str] = ()
+) -> Iterator[str]:
+    """Return a markdown table; with ``numbers``, every column but the first and the ``text`` ones is aligned right."""
+    left = set(text)
+    alignments = ("---:" if index and numbers and name not in left else "---" for index, name in enumerate(header))
     yield "| " + " | ".join(header) + " |"
-    yield "|" + "|".join("---:" if index and numbers else "---" for index in range(len(header))) + "|"
+    yield "|" + "|".join(alignments) + "|"
     for line in body:
         yield "| " + " | ".join(line) + " |"
 
 
+def _is_number(value: object) -> bool:
+    return value == "" or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
 def group_table(rows: dict[str, Row]) -> Iterator[str]:
-    """Return a group's table: times in µs, ratios to its reference row and to each row's counterpart, extra columns."""
+    """Return a group's table: times in µs, ratios to its reference row and to each row's counterpart, extra columns.
+
+    A group of untimed rows has its extra columns only; a column that is not all numbers is aligned left.
+    """
+    extra = list(dict.fromkeys(key for row in rows.values() for key in row.columns))
+    text = [key for key in extra if not all(_is_number(row.columns.get(key, "")) for row in rows.values())]
+    if all(row.untimed for row in rows.values()):
+        body = ([row.label] + [cell(row.columns.get(key, "")) for key in extra] for row in rows.values())
+        return markdown_table(["", *extra], body, text=text)
     reference = next((row for row in rows.values() if row.reference), None)
     has_counterparts = any(row.counterpart for row in rows.values())
-    extra = list(dict.fromkeys(key for row in rows.values() for key in row.columns))
     header = ["", "median µs", "min µs", "rounds"]
     header += [f"÷ {reference.label}"] if reference else []
     header += ["÷ torchmetrics counterpart"] if has_counterparts else []
@@ -158,7 +195,7 @@ def group_table(rows: dict[str, Row]) -> Iterator[str]:
             cells.append(f"{times(row.median / counterpart.median)} {counterpart.label}" if counterpart else "")
         return cells + [cell(row.columns.get(key, "")) for key in extra]
 
-    return markdown_table(header, (line(row) for row in rows.values()))
+    return markdown_table(header, (line(row) for row in rows.values()), text=text)
 
 
 def ratio(groups: Groups, title: str, numerator: str, denominator: str) -> Optional[float]:
@@ -236,8 +273,40 @@ def memory_target(groups: Groups) -> list[str]:
     ]
 
 
+DISPATCH_TARGET = 2
+
+
+def dispatch_target(groups: Groups) -> list[str]:
+    """The accelerator path's target: per update that closes no window, from the first on, at most 2 operators and
+    no host read, for every windowmetrics row with the default weight or a number as weight."""
+    target = (
+        f"on the accelerator path, ≤ {DISPATCH_TARGET} operators and no host read per update that closes no window"
+        " (WindowedMean, WindowedSum, EMALoss; scalar and per-sample loss; default or number weight; first update"
+        " and steady state)"
+    )
+    floors = (FLOOR, FLOOR_OF_SUM)
+    rows = [
+        row
+        for inputs in (SCALAR, PER_SAMPLE)
+        for label, row in groups.get(dispatch_group(inputs), {}).items()
+        if label.split("(")[0] in ("WindowedMean", "WindowedSum", "EMALoss")
+        and "tensor" not in label
+        and label not in floors
+    ]
+    if not rows:
+        return [target, "", verdict(None)]
+    worst = max(max(row.columns[OPS_PER_UPDATE], row.columns[OPS_FIRST_UPDATE]) for row in rows)
+    reads = max(row.columns[READS_PER_UPDATE] for row in rows)
+    boundary_reads = max(row.columns[READS_AT_BOUNDARY] for row in rows)
+    return [
+        target,
+        f"at most {worst} operators, {reads} host reads per update ({boundary_reads} at a boundary); {len(rows)} rows",
+        verdict(worst <= DISPATCH_TARGET and reads == 0),
+    ]
+
+
 def targets(groups: Groups) -> Iterator[str]:
-    body = [*forward_targets(groups), sibling_target(groups), memory_target(groups)]
+    body = [*forward_targets(groups), sibling_target(groups), memory_target(groups), dispatch_target(groups)]
     return markdown_table(["target", "measured", "met"], body, numbers=False)
 
 

@@ -1,17 +1,22 @@
-"""The cost of a window's synchronisation across two gloo processes, against torchmetrics' ``MeanMetric.compute()``.
+"""The cost of a window's synchronisation across gloo processes, against its floor and torchmetrics' ``MeanMetric``.
 
-pytest-benchmark times each operation here, in rank 0 of a two-process gloo group on the loopback interface;
-a spawned process is rank 1 and mirrors every operation, as a DDP peer would. Before each round, in the
-untimed setup, rank 0 broadcasts which operation comes next, both ranks prepare it (the updates of the
-window but its last), and both meet at a barrier; the round then times the operation alone. Rank 1 therefore
-follows any number of rounds, and pytest-benchmark's options work as usual.
+pytest-benchmark times each operation here, in rank 0 of a gloo group on the loopback interface, for 2 and for
+4 processes; spawned processes are the other ranks and mirror every operation, as DDP peers would. Before each
+round, in the untimed setup, rank 0 broadcasts which operation comes next, every rank prepares it (the updates
+of the window but its last), and all meet at a barrier; the round then times the operation alone. The other
+ranks therefore follow any number of rounds, and pytest-benchmark's options work as usual.
 
-Run with ``.venv/bin/python -m pytest bench/test_distributed_cost.py --benchmark-only``. ``MeanMetric.compute()``
-is the group's reference row: ``bench/report.py`` divides every row's median by its median.
+The floor of a synchronised window is one collective of the window's statistics: a bare ``all_reduce`` of a
+float64 tensor holding the window's three sums and the update count (4 elements, what a boundary packs). It is
+the group's reference row, which ``bench/report.py`` divides every row's median by; each window's boundary is
+also divided by ``MeanMetric.compute()`` (torchmetrics' synchronisation, a collective per state).
+
+Run with ``.venv/bin/python -m pytest bench/test_distributed_cost.py --benchmark-only``.
 """
 
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import Union
 
 import pytest
 import torch
@@ -20,6 +25,7 @@ import torch.multiprocessing as mp
 from pytest_benchmark.fixture import BenchmarkFixture
 from torchmetrics import MeanMetric
 
+from bench.names import PACKED_ALL_REDUCE, synchronisation_group
 from tests.process_group import free_port, skip_without_gloo
 from windowmetrics import EMALoss, WindowedMean, WindowedSum
 
@@ -28,12 +34,15 @@ ROUNDS = 200
 WARMUP_ROUNDS = 20
 TIMEOUT = timedelta(seconds=60)
 STOP = -1
+WORLD_SIZES = (2, 4)
+PACKED = 4
+"""The elements a boundary of WindowedMean, WindowedSum or EMALoss packs: three sums and the update count."""
 
 
 class WindowBoundary:
     """Times the update that closes a window (one collective); the window's other updates are the setup."""
 
-    def __init__(self, make: Callable[[], WindowedMean | WindowedSum | EMALoss]) -> None:
+    def __init__(self, make: Callable[[], Union[WindowedMean, WindowedSum, EMALoss]]) -> None:
         self.metric = make()
         self.loss = torch.tensor(0.5)
 
@@ -60,9 +69,24 @@ class MeanMetricCompute:
         self.metric.compute()
 
 
+class PackedAllReduce:
+    """Times the floor: one ``all_reduce`` of a window's packed statistics, a float64 tensor of 4 elements."""
+
+    def __init__(self) -> None:
+        self.packed = torch.zeros(PACKED, dtype=torch.float64)
+
+    def prepare(self) -> None:
+        self.packed.copy_(torch.tensor([0.5 * (WINDOW - 1), WINDOW - 1.0, 0.0, WINDOW - 1.0], dtype=torch.float64))
+
+    def run(self) -> None:
+        dist.all_reduce(self.packed)
+
+
+Operation = Union[WindowBoundary, MeanMetricCompute, PackedAllReduce]
 MEAN_METRIC = "MeanMetric compute()"
-OPERATIONS: dict[str, Callable[[], WindowBoundary | MeanMetricCompute]] = {
-    MEAN_METRIC: MeanMetricCompute,  # the reference row of the report
+OPERATIONS: dict[str, Callable[[], Operation]] = {
+    PACKED_ALL_REDUCE: PackedAllReduce,  # the reference row of the report
+    MEAN_METRIC: MeanMetricCompute,
     "WindowedMean boundary": lambda: WindowBoundary(lambda: WindowedMean(WINDOW)),
     "WindowedSum boundary": lambda: WindowBoundary(lambda: WindowedSum(WINDOW)),
     "EMALoss boundary": lambda: WindowBoundary(lambda: EMALoss(0.9, window=WINDOW)),
@@ -70,9 +94,16 @@ OPERATIONS: dict[str, Callable[[], WindowBoundary | MeanMetricCompute]] = {
 NAMES = list(OPERATIONS)
 
 
-def _peer(port: int) -> None:
-    """Rank 1: mirror every operation that rank 0 announces, until it announces the end."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=1, world_size=2, timeout=TIMEOUT)
+def _init(port: int, rank: int, world_size: int) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size, timeout=TIMEOUT
+    )
+
+
+def _peer(port: int, rank: int, world_size: int) -> None:
+    """A rank other than 0: mirror every operation that rank 0 announces, until it announces the end."""
+    torch.set_num_threads(1)
+    _init(port, rank, world_size)
     operations = {name: make() for name, make in OPERATIONS.items()}
     try:
         while (index := _next_operation()) != STOP:
@@ -91,26 +122,30 @@ def _next_operation(index: int = STOP) -> int:
     return int(message)
 
 
-@pytest.fixture(scope="module")
-def peer() -> Iterator[None]:
-    """Make this process rank 0 of a gloo group whose rank 1 is a spawned mirror of its operations."""
+@pytest.fixture(scope="module", params=WORLD_SIZES, ids=lambda size: f"{size} processes")
+def world_size(request: pytest.FixtureRequest) -> Iterator[int]:
+    """Make this process rank 0 of a gloo group whose other ranks are spawned mirrors of its operations."""
     skip_without_gloo()
+    size: int = request.param
     port = free_port()
-    process = mp.get_context("spawn").Process(target=_peer, args=(port,))
-    process.start()
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=2, timeout=TIMEOUT)
+    context = mp.get_context("spawn")
+    peers = [context.Process(target=_peer, args=(port, rank, size)) for rank in range(1, size)]
+    for process in peers:
+        process.start()
+    _init(port, 0, size)
     try:
-        yield
+        yield size
         _next_operation(STOP)
     finally:
         dist.destroy_process_group()
-        process.join(timeout=TIMEOUT.total_seconds())
-        if process.is_alive():
-            process.kill()
+        for process in peers:
+            process.join(timeout=TIMEOUT.total_seconds())
+            if process.is_alive():
+                process.kill()
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_boundary_cost(peer: None, benchmark: BenchmarkFixture, name: str) -> None:
+def test_boundary_cost(world_size: int, benchmark: BenchmarkFixture, name: str) -> None:
     operation = OPERATIONS[name]()
 
     def setup() -> None:
@@ -118,7 +153,9 @@ def test_boundary_cost(peer: None, benchmark: BenchmarkFixture, name: str) -> No
         operation.prepare()
         dist.barrier()
 
-    benchmark.group = "a window's synchronisation, gloo, 2 processes"
+    benchmark.group = synchronisation_group(world_size)
     benchmark.extra_info["label"] = name
-    benchmark.extra_info["reference"] = name == MEAN_METRIC
+    benchmark.extra_info["reference"] = name == PACKED_ALL_REDUCE
+    if isinstance(operation, WindowBoundary):
+        benchmark.extra_info["counterpart"] = MEAN_METRIC
     benchmark.pedantic(operation.run, setup=setup, rounds=ROUNDS, warmup_rounds=WARMUP_ROUNDS)  # type: ignore[no-untyped-call]

@@ -1,0 +1,225 @@
+"""torch.compile: a compiled training step that updates a metric compiles once and never recompiles.
+
+A step compiled with ``torch.compile`` calls ``metric.update(loss)`` (or ``metric(loss)``) at every call, over
+several windows, on both representations of the sums (Python floats on the CPU, 0-dim tensors as on an
+accelerator, see :mod:`windowmetrics.scalars`). Dynamo guards on what the step reads: a guard that fails at the
+next call (an int attribute that changed, a sum that changed type) recompiles the step at every call, until
+dynamo's ``recompile_limit`` makes it give up and run the step eagerly. The tests check that
+
+- no call recompiles anything, and nothing is compiled once the first window has closed and the next begun;
+- every value is the window's value, computed independently from the same losses;
+- the graph breaks on the path of one call (inside a window, and at a boundary) stay within
+  :data:`GRAPH_BREAKS`; each one's reason and place is printed (``pytest -s``).
+
+The backend is ``"eager"``: dynamo traces, guards, breaks graphs and recompiles exactly as with inductor, which
+only adds code generation after tracing (tens of seconds per graph on a 2-core machine) and changes none of
+what is measured here.
+"""
+
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pytest
+import torch
+import torch._dynamo
+from torch import Tensor
+from torch._dynamo.utils import counters
+from torch._logging import set_logs  # type: ignore[attr-defined]  # documented, re-exported without __all__
+
+from windowmetrics import EMALoss, WindowedMean, WindowedSum, scalars
+from windowmetrics.window import WindowMetric
+
+BACKEND = "eager"
+WINDOW = 3
+CALLS = 4 * WINDOW + 1
+DECAY = 0.9
+METRICS: dict[str, Callable[[], WindowMetric]] = {
+    "WindowedMean": lambda: WindowedMean(WINDOW),
+    "WindowedSum": lambda: WindowedSum(WINDOW),
+    "EMALoss": lambda: EMALoss(DECAY, window=WINDOW),
+}
+PATHS = {"host": True, "accelerator": False}
+"""The value of ``windowmetrics.scalars.PREFER_HOST`` for each path."""
+SHAPES: dict[str, tuple[int, ...]] = {"0-dim": (), "256": (256,)}
+
+GRAPH_BREAKS: dict[str, int] = {"host": 3, "accelerator": 3}
+"""At most this many graph breaks on the path of one call, counted as dynamo counts them. ``update`` and
+``forward`` run outside the graph (a ``torch.compiler.disable``'d call, windowmetrics/compile.py), by design:
+their window position is Python state that the graph would be specialised on. That one break, two calls deep
+into the step, breaks each enclosing frame: the step, ``update`` and the helper that calls the disabled
+function count 3."""
+DISTINCT_GRAPH_BREAKS: dict[str, int] = {"host": 1, "accelerator": 1}
+"""At most this many different graph breaks (place and reason) on the path of one call."""
+
+_RECOMPILES = "torch._dynamo.guards.__recompiles"
+_GRAPH_BREAKS = "torch._dynamo.symbolic_convert.__graph_breaks"
+
+
+@dataclass
+class DynamoLog:
+    """What dynamo logged since the test began: each recompilation's message, each graph break's place and reason."""
+
+    recompiles: list[str] = field(default_factory=list)
+    graph_breaks: list[tuple[str, str]] = field(default_factory=list)
+
+    def record(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.name == _RECOMPILES:
+            self.recompiles.append(message)
+        else:
+            self.graph_breaks.append(_graph_break(message))
+
+
+def _graph_break(message: str) -> tuple[str, str]:
+    """Return the place (``file:line``) and the reason (its first line) of a logged graph break."""
+    place = re.search(r"in user code at (\S+:\d+)", message)
+    lines = message.split("Graph Break Reason:", 1)[-1].splitlines()
+    reasons = [line.strip() for line in lines if line.strip() and "Encountered graph break" not in line]
+    return (place.group(1) if place else "?"), (reasons[0] if reasons else "?")
+
+
+class _Handler(logging.Handler):
+    def __init__(self, log: DynamoLog) -> None:
+        super().__init__(logging.DEBUG)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.log.record(record)
+
+
+@pytest.fixture
+def dynamo() -> Iterator[DynamoLog]:
+    """Start from an empty dynamo cache and counters; record recompilations and graph breaks.
+
+    torch also prints what it logs to stderr, which pytest shows only for a failed test.
+    """
+    torch._dynamo.reset()
+    counters.clear()
+    log = DynamoLog()
+    handler = _Handler(log)
+    set_logs(recompiles=True, graph_breaks=True)
+    loggers = [logging.getLogger(name) for name in (_RECOMPILES, _GRAPH_BREAKS)]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield log
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        set_logs()
+        torch._dynamo.reset()
+        counters.clear()
+
+
+def make_step(metric: WindowMetric, operation: str) -> Callable[[Tensor], Optional[Tensor]]:
+    """Return a training step's use of the metric: ``metric(loss)`` (forward) or ``metric.update(loss)``."""
+    if operation == "forward":
+        return lambda loss: metric(loss)
+
+    def update(loss: Tensor) -> None:
+        metric.update(loss)
+
+    return update
+
+
+def window_value(metric_name: str, losses: list[Tensor]) -> float:
+    """The value of a window of these losses (its partial value before it completes), in float64."""
+    values = torch.cat([loss.double().reshape(-1) for loss in losses])
+    return float(values.sum() if metric_name == "WindowedSum" else values.mean())
+
+
+def latest_value(metric_name: str, losses: list[Tensor]) -> Optional[float]:
+    """The latest window value after these losses, or ``None`` before the first window completes.
+
+    An ``EMALoss`` after ``k`` windows of means ``m_j`` is ``sum_j d**(k-1-j) m_j / sum_j d**(k-1-j)``: the
+    bias-corrected average, written in closed form rather than as the metric's recursion.
+    """
+    complete = len(losses) // WINDOW
+    if not complete:
+        return None
+    windows = [losses[index * WINDOW : (index + 1) * WINDOW] for index in range(complete)]
+    if metric_name != "EMALoss":
+        return window_value(metric_name, windows[-1])
+    means = [window_value("WindowedMean", window) for window in windows]
+    weights = [DECAY ** (complete - 1 - index) for index in range(complete)]
+    return sum(weight * mean for weight, mean in zip(weights, means, strict=True)) / sum(weights)
+
+
+def assert_value(actual: Optional[Tensor], expected: Optional[float], where: str) -> None:
+    if expected is None:
+        assert actual is None, where
+        return
+    assert actual is not None, where
+    torch.testing.assert_close(actual, torch.tensor(expected, dtype=actual.dtype), msg=lambda text: f"{where}: {text}")
+
+
+def recompiled(message: str) -> str:
+    """Return the function that a logged recompilation recompiled and its first failed guard, on one line."""
+    lines = [line.strip() for line in message.splitlines()]
+    guards = [line[2:] for line in lines if line.startswith("- ") and not line.startswith("- User")]
+    return f"{lines[0].removeprefix('Recompiling function ')}: {guards[0] if guards else '?'}"
+
+
+def describe(log: DynamoLog) -> str:
+    breaks = sorted(set(log.graph_breaks))
+    return "\n".join([f"  graph break at {place}: {reason}" for place, reason in breaks] or ["  no graph break"])
+
+
+RECOMPILE_CASES = [
+    (metric_name, shape)
+    for metric_name in METRICS
+    for shape in SHAPES
+    if shape == "0-dim" or metric_name == "WindowedMean"
+]
+"""Every metric on a 0-dim loss; WindowedMean on a per-sample loss too (the others add the same way)."""
+
+
+@pytest.mark.parametrize("operation", ["update", "forward"])
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize(("metric_name", "shape"), RECOMPILE_CASES)
+def test_a_compiled_step_never_recompiles(
+    dynamo: DynamoLog, monkeypatch: pytest.MonkeyPatch, metric_name: str, path: str, operation: str, shape: str
+) -> None:
+    monkeypatch.setattr(scalars, "PREFER_HOST", PATHS[path])
+    metric = METRICS[metric_name]()
+    step = torch.compile(make_step(metric, operation), backend=BACKEND)
+    generator = torch.Generator().manual_seed(CALLS)
+    losses = [torch.rand(SHAPES[shape], generator=generator) for _ in range(CALLS)]
+    frames: list[int] = []
+    for index, loss in enumerate(losses):
+        returned = step(loss)
+        frames.append(counters["frames"]["total"])
+        seen = losses[: index + 1]
+        latest = latest_value(metric_name, seen)
+        if operation == "forward":
+            assert_value(returned, latest, f"call {index + 1}, forward")
+        expected = latest if latest is not None else window_value(metric_name, seen)
+        assert_value(metric.compute(), expected, f"call {index + 1}, compute()")
+    recompiles = "\n".join(f"  {recompiled(message)}" for message in dynamo.recompiles)
+    assert not dynamo.recompiles, f"{len(dynamo.recompiles)} recompilations:\n{recompiles}"
+    assert frames[WINDOW] == frames[-1], f"frames compiled after each call: {frames}"
+
+
+@pytest.mark.parametrize("at_boundary", [False, True], ids=["inside a window", "at a boundary"])
+@pytest.mark.parametrize("operation", ["update", "forward"])
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("metric_name", list(METRICS))
+def test_graph_breaks_per_call(
+    dynamo: DynamoLog, monkeypatch: pytest.MonkeyPatch, metric_name: str, path: str, operation: str, at_boundary: bool
+) -> None:
+    monkeypatch.setattr(scalars, "PREFER_HOST", PATHS[path])
+    metric = METRICS[metric_name]()
+    loss = torch.tensor(0.25)
+    for _ in range(WINDOW + (WINDOW - 1 if at_boundary else 0)):  # a window, then up to this call's place
+        metric.update(loss)
+    step = torch.compile(make_step(metric, operation), backend=BACKEND)
+    step(loss)
+    assert metric.at_boundary == at_boundary
+    breaks = sum(counters["graph_break"].values())
+    print(f"\n{metric_name}, {path} path, {operation}, {'at a boundary' if at_boundary else 'inside a window'}:")
+    print(f"  {breaks} graph break(s)\n{describe(dynamo)}")
+    assert breaks <= GRAPH_BREAKS[path], describe(dynamo)
+    assert len(set(dynamo.graph_breaks)) <= DISTINCT_GRAPH_BREAKS[path], describe(dynamo)
