@@ -45,12 +45,11 @@ PATHS = {"host": True, "accelerator": False}
 """The value of ``windowmetrics.scalars.PREFER_HOST`` for each path."""
 SHAPES: dict[str, tuple[int, ...]] = {"0-dim": (), "256": (256,)}
 
-GRAPH_BREAKS: dict[str, int] = {"host": 3, "accelerator": 3}
+GRAPH_BREAKS: dict[str, int] = {"host": 2, "accelerator": 2}
 """At most this many graph breaks on the path of one call, counted as dynamo counts them. ``update`` and
 ``forward`` run outside the graph (a ``torch.compiler.disable``'d call, windowmetrics/compile.py), by design:
-their window position is Python state that the graph would be specialised on. That one break, two calls deep
-into the step, breaks each enclosing frame: the step, ``update`` and the helper that calls the disabled
-function count 3."""
+their window position is Python state that the graph would be specialised on. That one break, a call deep
+into the step, breaks each enclosing frame: the step and ``update`` count 2."""
 DISTINCT_GRAPH_BREAKS: dict[str, int] = {"host": 1, "accelerator": 1}
 """At most this many different graph breaks (place and reason) on the path of one call."""
 
