@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import lightning
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -34,9 +35,14 @@ from tests.logged_reference import (
     check_epoch_rows,
     check_step_rows,
     check_window_module_rows,
+    close,
     collection_series,
     columns,
+    window_epoch_series,
+    window_series,
+    window_step_columns,
 )
+from tests.reference import mean_of
 from tests.test_lightning_resume import END_OF_EPOCH_CHECKPOINTS, ROWS_PER_EPOCH, from_step, resumable_module, without
 from tests.test_lightning_resume import fit as fit_with_callbacks
 from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum
@@ -121,6 +127,17 @@ def test_the_ema_carries_on_over_epoch_ends(run: Run) -> None:
     assert starts == [7]
     for first in starts:
         assert ema[first] == ema[first - 1]
+
+
+@pytest.mark.parametrize("run", [(10, False)], indirect=True, ids=["window10"])
+def test_without_span_epochs_lightning_does_not_reset_a_metric_it_has_not_been_given_yet(run: Run) -> None:
+    """Logged with ``if metric.at_boundary: self.log(...)`` and a window longer than an epoch, a metric has not
+    been given to Lightning when epoch 0 ends, so Lightning does not reset it: its first window spans epochs 0
+    and 1, where the same metric logged at every step is reset and never completes a window."""
+    logged = {int(row["step"]): row for row in run.rows if "train/raw" in row}
+    train = [record for record in run.records if record["stage"] == "train"]
+    assert "train/loss_step" not in logged[9]
+    assert close(logged[9]["train/boundary_loss"], mean_of([(record["loss"], record["size"]) for record in train[:10]]))
 
 
 def test_a_user_reset_in_on_train_epoch_start_clears_the_spanning_windows(tmp_path: Path) -> None:
@@ -229,7 +246,14 @@ def test_the_uninterrupted_spanning_run_logs_the_reference_windows(uninterrupted
     assert counts == {"train": RESUME_EPOCHS * RESUME_TRAIN_BATCHES, "val": RESUME_EPOCHS * 7}
 
 
-@pytest.mark.parametrize("saved_at", ["train-epoch-end", "validation-end"])
+OLD_LIGHTNING_RESUMES = pytest.mark.skipif(
+    tuple(int(part) for part in lightning.__version__.split(".")[:2]) < (2, 5),
+    reason="Lightning < 2.5 resumes from these checkpoints differently (it starts with a validation run, or trains"
+    " other batches), as tests/test_lightning_resume.py shows too",
+)
+
+
+@pytest.mark.parametrize("saved_at", ["train-epoch-end", pytest.param("validation-end", marks=OLD_LIGHTNING_RESUMES)])
 def test_an_end_of_epoch_resume_of_spanning_metrics_logs_what_the_uninterrupted_run_logs(
     uninterrupted: Uninterrupted, tmp_path: Path, saved_at: str
 ) -> None:
@@ -239,3 +263,28 @@ def test_an_end_of_epoch_resume_of_spanning_metrics_logs_what_the_uninterrupted_
     resumed = fit_with_callbacks(module, tmp_path, [], ckpt_path=uninterrupted.checkpoints / name)
     expected = from_step(uninterrupted.rows, RESUME_TRAIN_BATCHES)[: epochs * ROWS_PER_EPOCH]
     assert [without(row, "step", "epoch") for row in resumed] == [without(row, "step", "epoch") for row in expected]
+
+
+@OLD_LIGHTNING_RESUMES
+def test_a_resume_from_an_epochs_last_batch_continues_the_training_windows_exactly(
+    uninterrupted: Uninterrupted, tmp_path: Path
+) -> None:
+    """A checkpoint saved by ``every_n_train_steps`` on the last batch of epoch 0 precedes the epoch's validation
+    run, which the resumed run does not run: its training windows continue exactly, and its validation windows
+    hold the validation batches that it runs (none of the skipped run's)."""
+    module = resumable_module(span_epochs=True)
+    checkpoint = uninterrupted.checkpoints / f"step-step={RESUME_TRAIN_BATCHES}.ckpt"
+    resumed = fit_with_callbacks(module, tmp_path, [], ckpt_path=checkpoint)
+    expected = from_step(uninterrupted.rows, RESUME_TRAIN_BATCHES)[:ROWS_PER_EPOCH]
+
+    def training(rows: list[dict[str, float]]) -> list[dict[str, float]]:
+        return [without(row, "step", "epoch") for row in rows if any(name.startswith("train/") for name in row)]
+
+    assert training(resumed) == training(expected)
+    spanning = Resets(span_epochs=True)
+    assert (
+        check_step_rows(resumed, [module.records], "val", window_series(3), window_step_columns("val"), spanning) == 7
+    )
+    check_epoch_rows(
+        resumed, [module.records], "val", window_epoch_series(3), columns("{stage}/{name}_epoch", "val"), spanning
+    )
