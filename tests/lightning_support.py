@@ -29,7 +29,8 @@ LIGHTNING_NOISE = (
 )
 """Filters of the warnings that Lightning gives about these tiny runs: for ``pytest.mark.filterwarnings``."""
 Record = dict[str, Any]
-"""One computed batch: stage, epoch, batch_idx, global_step, rank, loss, size, and what metrics reported."""
+"""One computed batch: stage, epoch, batch_idx, global_step, rank, sanity (whether in Lightning's sanity check),
+loss, size, and what metrics reported."""
 
 
 def synthetic_loader(seed: int, batches: int, batch_size: int) -> DataLoader[tuple[Tensor, ...]]:
@@ -124,6 +125,7 @@ class RecordingModule(LightningModule):
             "batch_idx": batch_idx,
             "global_step": self.global_step,
             "rank": self.global_rank,
+            "sanity": self.trainer.sanity_checking,
             "loss": loss.item(),
             "size": len(x),
         }
@@ -144,13 +146,13 @@ class RecordingModule(LightningModule):
 class StageMetrics(torch.nn.Module):
     """The windowmetrics that :class:`WindowLoggingModule` logs for one stage."""
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, span_epochs: bool = False) -> None:
         super().__init__()
-        self.loss = WindowedMean(window)
-        self.samples = WindowedSum(window)
-        self.ema = EMALoss(0.5, window=window)
-        self.loss_sum = Windowed(SumMetric(), window)
-        self.boundary_loss = WindowedMean(window)
+        self.loss = WindowedMean(window, span_epochs=span_epochs)
+        self.samples = WindowedSum(window, span_epochs=span_epochs)
+        self.ema = EMALoss(0.5, window=window, span_epochs=span_epochs)
+        self.loss_sum = Windowed(SumMetric(), window, span_epochs=span_epochs)
+        self.boundary_loss = WindowedMean(window, span_epochs=span_epochs)
 
     def all(self) -> list[WindowMetric]:
         return [self.loss, self.samples, self.ema, self.loss_sum, self.boundary_loss]
@@ -163,14 +165,15 @@ class WindowLoggingModule(RecordingModule):
     (WindowedSum of batch sizes), ``ema`` (EMALoss of the loss) and ``loss_sum`` (``Windowed(SumMetric())`` of
     the loss, whose wrapped metric accumulates in place), each logged at every step with
     ``on_step=True, on_epoch=True``; ``boundary_loss``, a second WindowedMean of the loss logged with the
-    idiom ``if metric.at_boundary: self.log(...)``, on step only; and ``raw``, the batch's loss.
+    idiom ``if metric.at_boundary: self.log(...)``, on step only; and ``raw``, the batch's loss. All of them
+    are created with ``span_epochs`` as given.
     """
 
-    def __init__(self, window: int = 3, persistent: bool = False, **kwargs: Any) -> None:
+    def __init__(self, window: int = 3, persistent: bool = False, span_epochs: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.window = window
-        self.train_metrics = StageMetrics(window)
-        self.val_metrics = StageMetrics(window)
+        self.train_metrics = StageMetrics(window, span_epochs)
+        self.val_metrics = StageMetrics(window, span_epochs)
         for metric in self.train_metrics.all() + self.val_metrics.all():
             metric.persistent(persistent)
 
@@ -204,16 +207,29 @@ class EpochStartResetModule(WindowLoggingModule):
             metric.reset()
 
 
-def mixed_collection() -> MetricCollection:
+class UserResetModule(WindowLoggingModule):
+    """Reset the training windows in ``on_train_epoch_start`` of epoch ``reset_epoch``: user code's reset."""
+
+    def __init__(self, reset_epoch: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reset_epoch = reset_epoch
+
+    def on_train_epoch_start(self) -> None:
+        if self.current_epoch == self.reset_epoch:
+            for metric in self.train_metrics.all():
+                metric.reset()
+
+
+def mixed_collection(span_epochs: bool = False) -> MetricCollection:
     """A collection with several windowmetrics of one class, two identical ones, and torchmetrics' MeanMetric."""
     return MetricCollection(
         {
-            "mean3": WindowedMean(3),
-            "mean5": WindowedMean(5),
-            "twin_a": WindowedMean(2),
-            "twin_b": WindowedMean(2),
-            "sum3": WindowedSum(3),
-            "ema2": EMALoss(0.5, window=2),
+            "mean3": WindowedMean(3, span_epochs=span_epochs),
+            "mean5": WindowedMean(5, span_epochs=span_epochs),
+            "twin_a": WindowedMean(2, span_epochs=span_epochs),
+            "twin_b": WindowedMean(2, span_epochs=span_epochs),
+            "sum3": WindowedSum(3, span_epochs=span_epochs),
+            "ema2": EMALoss(0.5, window=2, span_epochs=span_epochs),
             "mean_metric": MeanMetric(),
         }
     )
@@ -223,13 +239,14 @@ class CollectionLoggingModule(RecordingModule):
     """Log a MetricCollection (``train/<name>/w``, ``val/<name>/w``) with ``self.log_dict``.
 
     The training collection is built with a prefix and postfix; the validation one is its ``clone`` with others.
-    ``use_forward`` chooses ``collection(loss)`` or ``collection.update(loss)`` at each step.
+    ``use_forward`` chooses ``collection(loss)`` or ``collection.update(loss)`` at each step; the windowmetrics
+    are created with ``span_epochs`` as given.
     """
 
-    def __init__(self, use_forward: bool, **kwargs: Any) -> None:
+    def __init__(self, use_forward: bool, span_epochs: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.use_forward = use_forward
-        self.train_collection = MetricCollection(mixed_collection(), prefix="train/", postfix="/w")
+        self.train_collection = MetricCollection(mixed_collection(span_epochs), prefix="train/", postfix="/w")
         self.val_collection = self.train_collection.clone(prefix="val/")
 
     def log_step(self, stage: str, loss: Tensor, size: int) -> dict[str, Optional[float]]:

@@ -1,7 +1,8 @@
 """The demo, run as its users run it: ``python -m windowmetrics.demo`` in a subprocess, and through ``main``.
 
 Its CSV log is read back and checked against the windows of the raw losses it logged: the demo's batches all
-have the same size, so a window's per-sample mean is the mean of its batch losses.
+have the same size, so a window's per-sample mean is the mean of its batch losses. The demo's metrics span epoch
+ends (``span_epochs=True``): its windows and its EMA follow each other over the whole run.
 """
 
 import csv
@@ -45,23 +46,26 @@ def test_the_demo_logs_the_windows_of_its_losses_and_prints_and_plots_them(tmp_p
     assert completed.returncode == 0, completed.stderr
     epochs = logged_epochs(tmp_path)
     assert [len(epoch) for epoch in epochs] == [20, 20]
-    for epoch in epochs:
-        losses = [(float(row["train/loss"]), 1.0) for row in epoch]
-        for position, row in enumerate(epoch):
-            completed_windows = (position + 1) // 6
-            if completed_windows:
-                latest = losses[(completed_windows - 1) * 6 : completed_windows * 6]
-                assert float(row["train/loss_windowed"]) == pytest.approx(mean_of(latest), rel=1e-6)
-                assert float(row["train/samples_per_window"]) == 6 * 16
-            else:
-                assert row["train/loss_windowed"] == row["train/samples_per_window"] == ""
-            per_batch = [[call] for call in losses[: position + 1]]
-            assert float(row["train/loss_ema"]) == pytest.approx(ema_of(per_batch, 0.5), rel=1e-6)
+    rows = [row for epoch in epochs for row in epoch]
+    losses = [(float(row["train/loss"]), 1.0) for row in rows]
+    for index, row in enumerate(rows):  # windows of 6 batches over the run: the 4th spans the epoch end
+        # logged at boundaries only, a value stays on show until the epoch ends (Lightning's reset of the epoch)
+        shown = [end for end in range(index - index % 20, index + 1) if (end + 1) % 6 == 0]
+        if shown:
+            latest = losses[shown[-1] - 5 : shown[-1] + 1]
+            assert float(row["train/loss_windowed"]) == pytest.approx(mean_of(latest), rel=1e-6)
+            assert float(row["train/samples_per_window"]) == 6 * 16
+        else:
+            assert row["train/loss_windowed"] == row["train/samples_per_window"] == ""
+        per_batch = [[call] for call in losses[: index + 1]]  # one EMA over the run, on over the epoch end
+        assert float(row["train/loss_ema"]) == pytest.approx(ema_of(per_batch, 0.5), rel=1e-6)
     table = completed.stdout[completed.stdout.index("epoch  steps  windows") :].splitlines()
     for epoch, line in zip(epochs, table[1:3], strict=True):
         cells = line.split()
         assert cells[:3] == [epoch[0]["epoch"], "20", "3"]
         assert cells[-2:] == [f"{float(epoch[-1]['train/loss_ema']):.4f}", "96"]
+    first_of_epoch_1 = table[2].split()[6]  # the window of batches 19 to 24 of the run, across the epoch end
+    assert first_of_epoch_1 == f"{float(rows[23]['train/loss_windowed']):.4f}"
     plot = tmp_path / demo.PLOT_NAME
     assert f"plot: {plot}" in completed.stdout
     assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
@@ -101,7 +105,7 @@ def test_the_demo_exits_with_status_2_and_a_message_on_a_bad_flag() -> None:
     [
         (["--epochs", "two"], "argument --epochs: must be an integer >= 1, got 'two'"),
         (["--decay", "1"], "argument --decay: must be a number with 0 <= decay < 1, got '1'"),
-        (["--window", "21", *SMALL[:6]], "--window 21 is longer than an epoch (20 batches per process)"),
+        (["--window", "41", *SMALL[:6]], "--window 41 is longer than the whole run (2 epochs of 20 batches per"),
         (["--colour", "red"], "unrecognized arguments: --colour red"),
     ],
 )

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from tests.ddp_fit import EPOCHS, WINDOW, fit_on_two_processes
 from tests.lightning_support import LIGHTNING_NOISE, metrics_csv, read_csv, read_records, subprocess_environment
-from tests.logged_reference import check_window_module_rows
+from tests.logged_reference import Resets, check_window_module_rows
 
 pytestmark = [
     pytest.mark.skipif(
@@ -36,9 +36,9 @@ def restore_environ() -> Iterator[None]:
     os.environ.update(saved)
 
 
-def fit_with_ddp_in_a_subprocess(out_dir: Path) -> None:
+def fit_with_ddp_in_a_subprocess(out_dir: Path, *options: str) -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "tests.ddp_fit", "ddp", str(out_dir)],
+        [sys.executable, "-m", "tests.ddp_fit", "ddp", str(out_dir), *options],
         cwd=REPOSITORY,
         env=subprocess_environment(),
         capture_output=True,
@@ -60,3 +60,17 @@ def test_two_processes_log_the_windows_over_both_processes(tmp_path: Path, strat
     records = read_records(tmp_path)
     assert [sorted({record["size"] for record in rank}) for rank in records] == [[3, 4], [4, 5]]
     assert check_window_module_rows(rows, records, WINDOW) == {"train": EPOCHS * 8, "val": EPOCHS * 7}
+
+
+@pytest.mark.timeout(240)
+def test_two_processes_keep_spanning_windows_in_step(tmp_path: Path, restore_environ) -> None:
+    """With ``span_epochs=True`` both processes carry their windows over every epoch end and validation run, at
+    the same position: each process's reported values, and rank 0's log, are the windows over both processes of
+    the whole fit (the sanity check's batches left out)."""
+    fit_with_ddp_in_a_subprocess(tmp_path, "--span-epochs")
+    rows = read_csv(metrics_csv(tmp_path))
+    records = read_records(tmp_path)
+    assert [sorted({record["size"] for record in rank}) for rank in records] == [[3, 4], [4, 5]]
+    assert [sum(record["sanity"] for record in rank) for rank in records] == [2, 2]
+    counts = check_window_module_rows(rows, records, WINDOW, Resets(span_epochs=True))
+    assert counts == {"train": EPOCHS * 8, "val": EPOCHS * 7}

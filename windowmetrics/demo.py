@@ -13,14 +13,16 @@ Lightning's progress bar, and logs with a ``CSVLogger``, at every step:
   average, updated at every batch.
 
 The two windowed metrics are passed to ``self.log`` only when a window completes (``at_boundary``): a logged
-metric stays on show until it is logged again, so the log holds the same series as logging at every step, for
-one ``self.log`` call per window. Lightning resets every logged metric at the end of each epoch: windows and the
-average start afresh in each epoch, and nothing is logged for a metric until its first window completes.
+metric stays on show until it is logged again (within an epoch), for one ``self.log`` call per window. All three
+metrics are created with ``span_epochs=True``: the reset that Lightning performs on logged metrics at the end of
+each epoch changes nothing, so windows close every ``--window`` batches over the whole run, across epoch ends,
+and the EMA is one continuous average. Nothing is logged for a windowed metric until its first window completes.
 
 When training ends it prints a summary table per epoch and writes ``loss.png``, a plot of the raw loss, the
-windowed mean (drawn over the batches each window covers) and the EMA, to the ``--output`` directory, next to
-the CSV log; without matplotlib (the ``plot`` extra) it says so and skips the plot. ``--devices 2`` runs the
-same on two CPU processes with DDP (Lightning starts the second process by running the same command again).
+windowed mean (drawn over the batches each window covers, across epoch ends) and the EMA, to the ``--output``
+directory, next to the CSV log; without matplotlib (the ``plot`` extra) it says so and skips the plot.
+``--devices 2`` runs the same on two CPU processes with DDP (Lightning starts the second process by running the
+same command again).
 """
 
 import argparse
@@ -56,9 +58,11 @@ class DemoModel(LightningModule):
     def __init__(self, window: int, decay: float) -> None:
         super().__init__()
         self.net = torch.nn.Sequential(torch.nn.Linear(FEATURES, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
-        self.loss_window = WindowedMean(window)
-        self.samples_window = WindowedSum(window)
-        self.loss_ema = EMALoss(decay)
+        # span_epochs=True: Lightning's reset of logged metrics at each epoch end changes nothing, so the windows
+        # and the EMA run on over epoch ends, as one curve of the whole run
+        self.loss_window = WindowedMean(window, span_epochs=True)
+        self.samples_window = WindowedSum(window, span_epochs=True)
+        self.loss_ema = EMALoss(decay, span_epochs=True)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """Compute the batch's loss, update the metrics and log them (the windowed ones once per window)."""
@@ -127,6 +131,11 @@ class Options:
         """Batches per epoch on each process: Lightning's sampler gives each process its share of the samples."""
         return math.ceil(math.ceil(self.samples / self.devices) / self.batch_size)
 
+    @property
+    def steps(self) -> int:
+        """Batches of the whole run on each process."""
+        return self.epochs * self.steps_per_epoch
+
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Options:
     """Parse the command line; exit with status 2 and a message on a bad flag or value."""
@@ -145,10 +154,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Options:
         "--output", type=Path, default=Path("demo_output"), help="directory for the log and plot (default: demo_output)"
     )
     options = Options(**vars(parser.parse_args(argv)))
-    if options.window > options.steps_per_epoch:
+    if options.window > options.steps:
         parser.error(
-            f"--window {options.window} is longer than an epoch ({options.steps_per_epoch} batches per process):"
-            " no window would complete, as Lightning resets the metrics at the end of each epoch"
+            f"--window {options.window} is longer than the whole run ({options.epochs} epochs of"
+            f" {options.steps_per_epoch} batches per process): no window would complete"
         )
     return options
 
@@ -174,10 +183,11 @@ def train(options: Options) -> tuple[Trainer, Path]:
 
 @dataclass
 class Step:
-    """One logged training step: its epoch, its position in the epoch, and the values logged."""
+    """One logged training step: its epoch, its position in the epoch and in the run, and the values logged."""
 
     epoch: int
     position: int
+    index: int
     step: int
     values: dict[str, float]
 
@@ -192,17 +202,24 @@ def read_steps(path: Path) -> list[Step]:
             epoch = int(row["epoch"])
             position = steps[-1].position + 1 if steps and steps[-1].epoch == epoch else 0
             values = {name: float(row[name]) for name in (LOSS, WINDOWED, SAMPLES, EMA) if row.get(name)}
-            steps.append(Step(epoch, position, int(row["step"]), values))
+            steps.append(Step(epoch, position, len(steps), int(row["step"]), values))
     return steps
 
 
 def window_ends(steps: list[Step], window: int) -> list[Step]:
-    """Return the steps that completed a window: there the windowed values are those of a new window."""
-    return [step for step in steps if (step.position + 1) % window == 0 and WINDOWED in step.values]
+    """Return the steps that completed a window: there the windowed values are those of a new window.
+
+    Windows span epoch ends: one completes every ``window`` steps of the run.
+    """
+    return [step for step in steps if (step.index + 1) % window == 0 and WINDOWED in step.values]
 
 
 def summary_table(steps: list[Step], window: int) -> str:
-    """Return a table with, per epoch, the raw loss's range, the windowed mean's first and last values, the EMA."""
+    """Return a table with, per epoch, the raw loss's range, the windowed mean's first and last values, the EMA.
+
+    The windowed mean's values are those of the windows that completed in the epoch; the EMA is its value at the
+    epoch's end.
+    """
     header = (
         "epoch",
         "steps",
@@ -259,12 +276,12 @@ def write_plot(steps: list[Step], window: int, decay: float, devices: int, path:
         lw=2.5,
         label=f"WindowedMean, window={window}: drawn over the batches it covers, logged at the last",
     )
-    ema_label = f"EMALoss, decay={decay}: updated at every batch"
+    ema_label = f"EMALoss, decay={decay}: updated at every batch, on over epoch ends"
     axes.plot([step.step for step in steps], [step.values[EMA] for step in steps], color="C2", lw=1.5, label=ema_label)
     for step in steps:
         if step.position == 0 and step.step:
             axes.axvline(step.step - 0.5, color="grey", ls=":", lw=1)
-    axes.set(xlabel="training step (dotted: epoch ends, where Lightning resets the metrics)", ylabel="MSE loss")
+    axes.set(xlabel="training step (dotted: epoch ends; windows and the EMA carry on over them)", ylabel="MSE loss")
     axes.set_title("windowmetrics demo: a noisy batch loss, its windowed mean and its EMA")
     axes.legend(loc="upper right", fontsize="small", framealpha=0.9)
     figure.tight_layout()
