@@ -102,6 +102,7 @@ class Resumed:
     update_count: int  # right after loading
     at_boundary: bool
     latest: Optional[float]  # the forward cache right after loading: what Lightning would log
+    computed: float  # compute() right after loading (before the first window: synchronised, a collective)
     steps: list[Step]
 
 
@@ -138,7 +139,7 @@ def resume(path: Path, kind: str, calls: Sequence[Args], log: Optional[Collectiv
     state = torch.load(path, weights_only=True)
     load = partial(metric.load_state_dict, state)
     collectives = log.during(load)[1] if log is not None else (load(), [])[1]
-    after_load = (metric.update_count, metric.at_boundary, as_float(metric._forward_cache))
+    after_load = (metric.update_count, metric.at_boundary, as_float(metric._forward_cache), float(metric.compute()))
     return Resumed(collectives, *after_load, feed(metric, calls))
 
 

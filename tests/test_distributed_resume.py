@@ -45,6 +45,10 @@ from tests.resume_scenarios import (
 
 ValueOf = Callable[[list[list[Args]]], float]
 
+# compute() of a Windowed metric whose window is empty after the resume (rank 1's file loaded by one process,
+# before the first window) warns like the wrapped metric's own compute() before any update
+pytestmark = pytest.mark.filterwarnings(r"ignore:The ``compute`` method of metric \w+ was called before:UserWarning")
+
 CASES = [(kind, split) for kind in KINDS for split in SPLITS]
 CASE_IDS = [f"{kind}-after-{split}" for kind, split in CASES]
 
@@ -69,7 +73,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
 
 def accuracy_of(calls: Sequence[Args]) -> float:
     pairs = [pair for preds, target in calls for pair in zip(preds.tolist(), target.tolist(), strict=True)]
-    return sum(1 for pred, target in pairs if pred == target) / len(pairs)
+    return sum(1 for pred, target in pairs if pred == target) / len(pairs) if pairs else 0.0  # torchmetrics' 0
 
 
 def value_of(kind: str) -> ValueOf:
@@ -98,8 +102,9 @@ def window_calls(
     process i's updates after the resume (positions ``split`` on).
     """
     calls: list[Args] = []
+    closed = end <= split - split % WINDOW  # a window that closed before the checkpoint
     for process, own in enumerate(saved):
-        if end <= split or process in restored:  # a window closed before the checkpoint, or a restored one
+        if closed or process in restored:
             calls.extend(own[start : min(end, split)])
     for own in continued:
         calls.extend(own[max(start, split) - split : max(end - split, 0)])
@@ -113,10 +118,11 @@ def expected_steps(
     continued: Sequence[Sequence[Args]],
     split: int,
 ) -> list[Step]:
-    """After each resumed update: the latest window value (or ``None``), the boundary, and ``compute()``."""
+    """Right after loading, then after each resumed update: the latest window value (or ``None``), the boundary,
+    and ``compute()``."""
     value = value_of(kind)
     steps = []
-    for count in range(split + 1, split + len(continued[0]) + 1):
+    for count in range(split, split + len(continued[0]) + 1):
         completed = count // WINDOW
         windows = [
             window_calls(saved, restored, continued, split, k * WINDOW, (k + 1) * WINDOW) for k in range(completed)
@@ -131,14 +137,19 @@ def expected_steps(
 def close(actual: Optional[float], expected: Optional[float], kind: str) -> bool:
     if actual is None or expected is None:
         return actual is expected
+    if math.isnan(expected):  # the mean of an empty window
+        return math.isnan(actual)
     tolerance = 1e-5 if kind == "windowed-mean" else 1e-6  # MeanMetric sums in float32
     return math.isclose(actual, expected, rel_tol=tolerance, abs_tol=tolerance)
 
 
-def check_steps(kind: str, steps: Sequence[Step], expected: Sequence[Step], where: str) -> None:
+def check_steps(kind: str, resumed: Resumed, expected: Sequence[Step], where: str) -> None:
+    """Check the state right after loading and the steps after it against :func:`expected_steps`."""
+    loaded = Step(resumed.latest, resumed.at_boundary, resumed.computed)
+    steps = [loaded, *resumed.steps]
     assert len(steps) == len(expected), where
     for index, (step, reference) in enumerate(zip(steps, expected, strict=True)):
-        at = f"{where}, update {index + 1} after the resume: {step} instead of {reference}"
+        at = f"{where}, update {index} after the resume: {step} instead of {reference}"
         assert step.at_boundary == reference.at_boundary, at
         assert close(step.returned, reference.returned, kind), at
         assert close(step.computed, reference.computed, kind), at
@@ -169,7 +180,7 @@ def test_a_rank0_checkpoint_counts_rank0_pending_updates_once_and_loses_rank1s(
     calls = series(kind)
     expected = expected_steps(kind, calls, {0}, [own[split:] for own in calls], split)
     for rank, results in enumerate(runs.two):
-        check_steps(kind, results.resumed["rank0", kind, split].steps, expected, f"rank {rank}")
+        check_steps(kind, results.resumed["rank0", kind, split], expected, f"rank {rank}")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -199,9 +210,9 @@ def test_per_rank_checkpoints_resume_exactly(runs: Runs, kind: str, split: int) 
     calls = series(kind)
     expected = expected_steps(kind, calls, {0, 1}, [own[split:] for own in calls], split)
     for rank, results in enumerate(runs.two):
-        steps = results.resumed["per-rank", kind, split].steps
-        check_steps(kind, steps, expected, f"rank {rank}")
-        assert bits(steps) == bits(results.uninterrupted[kind, split][split:]), rank
+        resumed = results.resumed["per-rank", kind, split]
+        check_steps(kind, resumed, expected, f"rank {rank}")
+        assert bits(resumed.steps) == bits(results.uninterrupted[kind, split][split:]), rank
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -255,7 +266,7 @@ def test_one_process_checkpoint_resumed_on_two(runs: Runs, kind: str, split: int
     for rank, results in enumerate(runs.two):
         resumed = results.resumed[SINGLE, kind, split]
         assert (resumed.update_count, resumed.at_boundary) == (split, split % WINDOW == 0), rank
-        check_steps(kind, resumed.steps, expected, f"rank {rank}")
+        check_steps(kind, resumed, expected, f"rank {rank}")
 
 
 @pytest.mark.parametrize("group", ["gloo world of one", "no process group"])
@@ -268,13 +279,14 @@ def test_two_process_checkpoints_resumed_on_one(runs: Runs, kind: str, split: in
     for how, restored in (("to-one", {0}), ("to-one-rank1", set())):
         resumed: Resumed = results.resumed[how, kind, split]
         assert (resumed.update_count, resumed.at_boundary) == (split, split % WINDOW == 0), how
-        check_steps(kind, resumed.steps, expected_steps(kind, calls, restored, continued, split), how)
+        check_steps(kind, resumed, expected_steps(kind, calls, restored, continued, split), how)
 
 
 def test_every_series_spans_windows_before_and_after_the_checkpoint() -> None:
     assert max(SPLITS) + WINDOW <= COUNT
     assert {split % WINDOW for split in SPLITS} == {0, 1, 2}
     assert [astuple(step) for step in expected_steps("mean", [[(1.0, 1.0)] * COUNT], {0}, [[(3.0, 1.0)] * 2], 1)] == [
+        (None, False, 1.0),
         (None, False, 2.0),
         (7 / 3, True, 7 / 3),
     ]
