@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.multiprocessing.spawn import spawn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from tests.collectives import Collective, CollectiveLog
@@ -115,6 +115,7 @@ class Results:
     rank0_save_collectives: dict[tuple[str, int], list[Collective]] = field(default_factory=dict)
     resumed: dict[tuple[str, str, int], Resumed] = field(default_factory=dict)  # (how, kind, split)
     issue: dict[str, Optional[float]] = field(default_factory=dict)
+    with_parameters: Optional["WithParameters"] = None
 
 
 def as_float(value: Optional[Tensor]) -> Optional[float]:
@@ -178,6 +179,7 @@ def two_process_worker(rank: int, directory: Path) -> Results:
             for how, path in cases.items():
                 results.resumed[how, kind, split] = resume(path, kind, continued, log)
     results.issue = issue_scenario(rank, directory)
+    results.with_parameters = with_parameters_scenario(rank, directory)
     return results
 
 
@@ -198,6 +200,74 @@ def issue_scenario(rank: int, directory: Path) -> dict[str, Optional[float]]:
     uninterrupted.update(float(rank))
     values["uninterrupted"] = as_float(uninterrupted(10.0))
     return values
+
+
+class Projected(Metric):
+    """A metric with parameters of its own, as FID, LPIPS or CLIPScore have (a feature extractor): the sum of a
+    linear projection of its inputs. Its parameters are in ``state_dict()``, beside its state ``total``."""
+
+    full_state_update = False
+    total: Tensor
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(2, 1, dtype=torch.float64)
+        generator = torch.Generator().manual_seed(seed)  # each process initialises its own
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.randn(1, 2, generator=generator, dtype=torch.float64))
+            self.proj.bias.copy_(torch.randn(1, generator=generator, dtype=torch.float64))
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, x: Tensor) -> None:
+        self.total = self.total + self.proj(x).detach().sum()
+
+    def compute(self) -> Tensor:
+        return self.total
+
+
+PROJECTED_INPUTS = ([[1.0, 2.0]], [[-3.0, 0.5]], [[4.0, -1.0]], [[0.25, 8.0]])
+"""The inputs of :func:`with_parameters_scenario`: rank 0's and rank 1's before the checkpoint, then after."""
+
+
+@dataclass
+class WithParameters:
+    saved_parameters: list[float]  # the saving process's weight and bias
+    error: str  # what a strict load_state_dict raised, or ""
+    loaded_parameters: list[float]
+    total: float  # the wrapped metric's window sum right after loading
+    value: Optional[float]  # the window's value after the update that closes it
+
+
+def with_parameters_scenario(rank: int, directory: Path) -> WithParameters:
+    """Rank 0 saves a ``Windowed`` metric whose wrapped metric has parameters; every rank loads it strictly."""
+    metric = Windowed(Projected(seed=rank), 2)
+    metric.persistent(True)
+    metric.update(torch.tensor(PROJECTED_INPUTS[rank], dtype=torch.float64))
+    path = directory / "with-parameters.pt"
+    if rank == 0:
+        torch.save(metric.state_dict(), path)
+    dist.barrier()
+
+    def projected(wrapped: Windowed) -> Projected:
+        assert isinstance(wrapped.metric, Projected)
+        return wrapped.metric
+
+    def parameters(wrapped: Windowed) -> list[float]:
+        projection = projected(wrapped).proj
+        return [*projection.weight.flatten().tolist(), *projection.bias.tolist()]
+
+    resumed = Windowed(Projected(seed=10 + rank), 2)
+    resumed.persistent(True)
+    error = ""
+    try:
+        resumed.load_state_dict(torch.load(path, weights_only=True))
+    except RuntimeError as raised:
+        error = str(raised)
+    loaded = torch.tensor([not error])
+    dist.all_reduce(loaded, op=dist.ReduceOp.MIN)  # the window's synchronisation only where every rank loaded
+    total = float(projected(resumed).total)
+    value = as_float(resumed(torch.tensor(PROJECTED_INPUTS[2 + rank], dtype=torch.float64))) if loaded else None
+    return WithParameters(parameters(metric), error, parameters(resumed), total, value)
 
 
 def one_process_resumes(directory: Path, log: Optional[CollectiveLog]) -> Results:

@@ -29,6 +29,7 @@ from tests.resume_scenarios import (
     COUNT,
     DECAY,
     KINDS,
+    PROJECTED_INPUTS,
     SINGLE,
     SPLITS,
     WINDOW,
@@ -252,6 +253,27 @@ def test_the_issue_report(runs: Runs) -> None:
         assert results.issue["uninterrupted"] == (0 + 1 + 10 + 10) / 4 == 5.25
         assert results.issue["per-rank"] == 5.25
         assert results.issue["rank0"] == pytest.approx((0 + 10 + 10) / 3, rel=1e-6)  # rank 1's 1.0 is lost
+
+
+def test_a_wrapped_metric_keeps_its_parameters_from_a_rank0_checkpoint(runs: Runs) -> None:
+    """Only the wrapped metric's states are the window's: its parameters (a feature extractor's) load on every
+    rank, strictly, and the window counts rank 0's pending update once."""
+    saved = runs.two[0].with_parameters
+    assert saved is not None
+    weight_x, weight_y, bias = saved.saved_parameters
+
+    def projected(x: list[list[float]]) -> float:
+        return math.fsum(weight_x * a + weight_y * b + bias for a, b in x)
+
+    pending = projected(PROJECTED_INPUTS[0])
+    window = pending + projected(PROJECTED_INPUTS[2]) + projected(PROJECTED_INPUTS[3])  # rank 1's first is lost
+    runs_by_rank = [results.with_parameters for results in runs.two]
+    assert [run.error if run else None for run in runs_by_rank] == ["", ""]
+    for rank, run in enumerate(runs_by_rank):
+        assert run is not None
+        assert run.loaded_parameters == saved.saved_parameters, rank
+        assert run.total == (pending if rank == 0 else 0.0), rank
+        assert run.value == pytest.approx(window, rel=1e-6), rank
 
 
 # Other world sizes -----------------------------------------------------------------------------------------------
