@@ -18,6 +18,7 @@ as plain Python values; they check nothing themselves.
 import pickle
 import random
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -31,6 +32,7 @@ from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from tests.collectives import Collective, CollectiveLog
+from tests.distributed_scenarios import representation
 from tests.process_group import TIMEOUT, free_port
 from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum
 from windowmetrics.window import WindowMetric
@@ -44,7 +46,8 @@ SPLITS = (2, 4, 6)
 """Updates before the checkpoint: inside the first window, inside the second, at a boundary."""
 DECAY = 0.5
 NUM_CLASSES = 4
-KINDS = ("mean", "sum", "ema", "windowed-mean", "accuracy")
+KINDS = ("mean", "sum", "ema", "windowed-mean", "accuracy", "mean-tensor", "ema-tensor")
+"""The ``-tensor`` kinds keep their sums as 0-dim tensors, as on an accelerator, instead of Python floats."""
 SINGLE = "single"
 """The name of the inputs of the one-process run that saves the ``single`` checkpoints."""
 
@@ -52,6 +55,7 @@ SINGLE = "single"
 def make_metric(kind: str) -> WindowMetric:
     """A fresh metric of ``kind`` with window :data:`WINDOW`, its states persistent."""
     metric: WindowMetric
+    kind = kind.removesuffix("-tensor")
     if kind == "mean":
         metric = WindowedMean(WINDOW)
     elif kind == "sum":
@@ -64,6 +68,11 @@ def make_metric(kind: str) -> WindowMetric:
         metric = Windowed(MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro"), WINDOW)
     metric.persistent(True)
     return metric
+
+
+def representation_of(kind: str) -> AbstractContextManager[None]:
+    """Keep the sums of CPU inputs as 0-dim tensors for the ``-tensor`` kinds, as Python floats otherwise."""
+    return representation(not kind.endswith("-tensor"))
 
 
 def make_calls(kind: str, source: object) -> list[Args]:
@@ -148,9 +157,10 @@ def save_single(directory: Path) -> None:
     """Save the ``single`` checkpoints: from a process without ``torch.distributed`` (the test process)."""
     for kind in KINDS:
         for split in SPLITS:
-            metric = make_metric(kind)
-            feed(metric, make_calls(kind, SINGLE)[:split])
-            torch.save(metric.state_dict(), checkpoint(directory, SINGLE, kind, split))
+            with representation_of(kind):
+                metric = make_metric(kind)
+                feed(metric, make_calls(kind, SINGLE)[:split])
+                torch.save(metric.state_dict(), checkpoint(directory, SINGLE, kind, split))
 
 
 def two_process_worker(rank: int, directory: Path) -> Results:
@@ -161,26 +171,33 @@ def two_process_worker(rank: int, directory: Path) -> Results:
     for kind in KINDS:
         calls = make_calls(kind, rank)
         for split in SPLITS:
-            results.uninterrupted[kind, split] = feed(make_metric(kind), calls)
-            metric = make_metric(kind)
-            feed(metric, calls[:split])
-            state, results.save_collectives[kind, split] = log.during(metric.state_dict)
-            torch.save(state, checkpoint(directory, "per-rank", kind, split, rank))
-            if rank == 0:  # rank 1 goes straight on to the barrier: a collective here would never be matched
-                state, results.rank0_save_collectives[kind, split] = log.during(metric.state_dict)
-                torch.save(state, checkpoint(directory, "rank0", kind, split))
-            dist.barrier()  # the files are written
-            continued = calls[split:]
-            cases = {
-                "rank0": checkpoint(directory, "rank0", kind, split),
-                "per-rank": checkpoint(directory, "per-rank", kind, split, rank),
-                SINGLE: checkpoint(directory, SINGLE, kind, split),
-            }
-            for how, path in cases.items():
-                results.resumed[how, kind, split] = resume(path, kind, continued, log)
+            with representation_of(kind):
+                run_two_process_case(kind, split, rank, calls, directory, log, results)
     results.issue = issue_scenario(rank, directory)
     results.with_parameters = with_parameters_scenario(rank, directory)
     return results
+
+
+def run_two_process_case(
+    kind: str, split: int, rank: int, calls: list[Args], directory: Path, log: CollectiveLog, results: Results
+) -> None:
+    results.uninterrupted[kind, split] = feed(make_metric(kind), calls)
+    metric = make_metric(kind)
+    feed(metric, calls[:split])
+    state, results.save_collectives[kind, split] = log.during(metric.state_dict)
+    torch.save(state, checkpoint(directory, "per-rank", kind, split, rank))
+    if rank == 0:  # rank 1 goes straight on to the barrier: a collective here would never be matched
+        state, results.rank0_save_collectives[kind, split] = log.during(metric.state_dict)
+        torch.save(state, checkpoint(directory, "rank0", kind, split))
+    dist.barrier()  # the files are written
+    continued = calls[split:]
+    cases = {
+        "rank0": checkpoint(directory, "rank0", kind, split),
+        "per-rank": checkpoint(directory, "per-rank", kind, split, rank),
+        SINGLE: checkpoint(directory, SINGLE, kind, split),
+    }
+    for how, path in cases.items():
+        results.resumed[how, kind, split] = resume(path, kind, continued, log)
 
 
 def issue_scenario(rank: int, directory: Path) -> dict[str, Optional[float]]:
@@ -278,8 +295,9 @@ def one_process_resumes(directory: Path, log: Optional[CollectiveLog]) -> Result
         for split in SPLITS:
             rank0 = checkpoint(directory, "rank0", kind, split)
             rank1 = checkpoint(directory, "per-rank", kind, split, rank=1)
-            results.resumed["to-one", kind, split] = resume(rank0, kind, continued[split:], log)
-            results.resumed["to-one-rank1", kind, split] = resume(rank1, kind, continued[split:], log)
+            with representation_of(kind):
+                results.resumed["to-one", kind, split] = resume(rank0, kind, continued[split:], log)
+                results.resumed["to-one-rank1", kind, split] = resume(rank1, kind, continued[split:], log)
     return results
 
 

@@ -79,6 +79,7 @@ def accuracy_of(calls: Sequence[Args]) -> float:
 
 def value_of(kind: str) -> ValueOf:
     """The brute-force value of a metric of ``kind`` after the given windows (the last one possibly partial)."""
+    kind = kind.removesuffix("-tensor")
     if kind in ("mean", "windowed-mean"):
         return lambda windows: mean_of(windows[-1])
     if kind == "sum":
