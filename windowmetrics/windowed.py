@@ -112,8 +112,14 @@ class Windowed(WindowMetric):
         return this
 
     def _discard_saved_window(self, state_dict: dict[str, Any], prefix: str) -> None:
-        for key in [key for key in state_dict if key.startswith(prefix + "metric.")]:
-            del state_dict[key]
+        """Drop the wrapped metric's saved states (its own and its submetrics'), and reset it.
+
+        Its parameters and buffers (a feature extractor's, as FID or LPIPS have) are not the window's: they load.
+        """
+        for name, module in self.metric.named_modules(prefix=prefix + "metric"):
+            if isinstance(module, Metric):
+                for state in module._defaults:
+                    state_dict.pop(f"{name}.{state}", None)
         self.metric.reset()
 
     def _clear_window(self) -> None:
