@@ -131,6 +131,7 @@ class PrecisionModule(LightningModule):
                 "batch_idx": batch_idx,
                 "global_step": self.global_step,
                 "rank": 0,
+                "sanity": self.trainer.sanity_checking,
                 "loss": loss.item(),
                 "size": size,
                 "values": values.tolist(),
