@@ -185,7 +185,7 @@ def test_nan_under_error_strategy_discards_the_window_and_keeps_the_latest_value
     metric = WindowedMean(1, nan_strategy="error")
     metric.update(2.0)
     before = snapshot(metric)
-    with pytest.raises(ValueError, match=r"1 NaN element\(s\) in the window \(nan_strategy='error'\)"):
+    with pytest.raises(ValueError, match=r"^1 NaN element\(s\) in the window \(nan_strategy='error'\)$"):
         metric.update(math.nan)
     after = snapshot(metric)
     # With window=1 the discarded window is the NaN update itself: the sums and the latest value are as before.

@@ -1,0 +1,303 @@
+"""Dtype casts of the metric or of a module holding it change no state's dtype or value; checkpoints saved under
+one precision load under any other; compute groups never merge differently configured metrics under any dtype.
+
+Values are checked against the brute-force references of ``tests/reference.py`` and states bit for bit
+against their values before the cast.
+"""
+
+import random
+from collections.abc import Callable
+from typing import Any, Optional
+
+import pytest
+import torch
+from torch import Tensor
+from torchmetrics import MeanMetric, Metric, MetricCollection, SumMetric
+
+from tests.reference import Call, ema_of, expected_series, mean_of, sum_of
+from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum
+from windowmetrics.value_window import ValueWindow
+from windowmetrics.window import WindowMetric
+
+Cast = Callable[[torch.nn.Module], Any]
+
+
+def set_dtype(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """torchmetrics' ``set_dtype`` on the metric or collection, or on the metrics that a model holds."""
+    if isinstance(module, (Metric, MetricCollection)):
+        module.set_dtype(dtype)
+    else:
+        for child in module.children():
+            if isinstance(child, Metric):
+                child.set_dtype(dtype)
+
+
+CASTS: dict[str, Cast] = {
+    "half": lambda module: module.half(),
+    "bfloat16": lambda module: module.bfloat16(),
+    "float": lambda module: module.float(),
+    "double": lambda module: module.double(),
+    "to-bfloat16": lambda module: module.to(torch.bfloat16),
+    "to-dtype-float16": lambda module: module.to(dtype=torch.float16),
+    "to-float64": lambda module: module.to(torch.float64),
+    "to-tensor-float16": lambda module: module.to(torch.zeros((), dtype=torch.float16)),
+    "type-bfloat16": lambda module: module.type(torch.bfloat16),
+    "set_dtype-float16": lambda module: set_dtype(module, torch.float16),
+    "set_dtype-bfloat16": lambda module: set_dtype(module, torch.bfloat16),
+    "set_dtype-float64": lambda module: set_dtype(module, torch.float64),
+}
+"""Every way to cast a metric: torch's module casts, torchmetrics' ``set_dtype``, and those that Lightning's
+``*-true`` precisions use (``.to(dtype=...)`` for 16 bits, ``.double()`` for 64)."""
+
+FACTORIES: dict[str, Callable[[], WindowMetric]] = {
+    "mean": lambda: WindowedMean(3),
+    "sum": lambda: WindowedSum(3),
+    "ema": lambda: EMALoss(0.75, window=3),
+    "windowed": lambda: Windowed(SumMetric(), 3),
+}
+
+
+def reference_values(name: str, calls: list[Call]) -> tuple[list[Optional[float]], list[float]]:
+    """What forward and compute return after each call, from tests/reference.py."""
+    window = FACTORIES[name]().window
+    value_of: Callable[[list[list[Call]]], float] = {
+        "mean": lambda windows: mean_of(windows[-1]),
+        "sum": lambda windows: sum_of(windows[-1]),
+        "ema": lambda windows: ema_of(windows, 0.75),
+        "windowed": lambda windows: sum_of(windows[-1]),
+    }[name]
+    return expected_series(calls, window, value_of)
+
+
+class Holder(torch.nn.Module):
+    """A model that holds a metric, as a LightningModule does: casting the model reaches the metric."""
+
+    def __init__(self, metric: Metric) -> None:
+        super().__init__()
+        self.net = torch.nn.Linear(2, 1)
+        self.metric = metric
+
+
+def states(metric: Metric) -> dict[str, Tensor]:
+    """Every registered state of the metric and of the metrics it holds (a wrapped metric), by qualified name."""
+    found = {}
+    for prefix, module in metric.named_modules():
+        if isinstance(module, Metric):
+            for key in module._defaults:
+                value = getattr(module, key)
+                found[f"{prefix}.{key}" if prefix else key] = value.detach().clone()
+    return found
+
+
+def assert_states_equal(actual: dict[str, Tensor], expected: dict[str, Tensor], where: str) -> None:
+    assert actual.keys() == expected.keys(), where
+    for key, value in expected.items():
+        assert actual[key].dtype == value.dtype, (where, key, actual[key].dtype, value.dtype)
+        torch.testing.assert_close(actual[key], value, rtol=0, atol=0, equal_nan=True, msg=f"{where}: {key}")
+
+
+def position(metric: WindowMetric) -> tuple[int, bool, Optional[Tensor]]:
+    cache = metric._forward_cache
+    return metric.update_count, metric.at_boundary, None if cache is None else cache.clone()
+
+
+# Values that no 16-bit float holds and float32 only rounds: a cast that touched a float64 sum would show.
+FINE_VALUES = [1 + 2**-40, 3 - 2**-35, 2**25 + 1.0, 0.1, 5.000001]
+
+
+def fine_call(rng: random.Random) -> Call:
+    value: Any = rng.choice(FINE_VALUES)
+    kind = rng.choice(["number", "float64 tensor", "float64 vector"])
+    if kind == "float64 tensor":
+        value = torch.tensor(value, dtype=torch.float64)
+    elif kind == "float64 vector":
+        value = torch.tensor([value, rng.choice(FINE_VALUES)], dtype=torch.float64)
+    return value, 1.0
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("on", ["metric", "holder"])
+def test_casts_in_any_order_with_updates_change_no_state(name: str, seed: int, on: str, representation: str) -> None:
+    """Random interleavings of updates and every cast, on the metric or on a model holding it: no cast changes
+    any state (dtype and value, bit for bit) or the window's position, every value is the reference's, and
+    the same, bit for bit, as that of a twin that was never cast."""
+    rng = random.Random(seed)
+    metric, twin = FACTORIES[name](), FACTORIES[name]()
+    target: torch.nn.Module = metric if on == "metric" else Holder(metric)
+    calls = [fine_call(rng) for _ in range(14)]
+    forwards, computes = reference_values(name, calls)
+    casts = list(CASTS.items())
+    for index, call in enumerate(calls):
+        for cast_name, cast in rng.sample(casts, rng.randint(0, 3)):
+            before, where = (states(metric), position(metric)), f"{cast_name} after {index} updates"
+            cast(target)
+            assert_states_equal(states(metric), before[0], where)
+            assert position(metric)[:2] == before[1][:2], where
+            torch.testing.assert_close(position(metric)[2], before[1][2], rtol=0, atol=0)
+        returned, twin_returned = metric(call[0]), twin(call[0])
+        check_value(returned, forwards[index])
+        check_value(metric.compute(), computes[index])
+        torch.testing.assert_close(returned, twin_returned, rtol=0, atol=0)
+        torch.testing.assert_close(metric.compute(), twin.compute(), rtol=0, atol=0)
+    assert_states_equal(states(metric), states(twin), "against the twin")
+
+
+def check_value(actual: Optional[Tensor], expected: Optional[float]) -> None:
+    """``actual`` is the reference value, in the default dtype (float32) whatever the casts."""
+    if expected is None:
+        assert actual is None
+        return
+    assert actual is not None
+    assert actual.dtype == torch.float32
+    torch.testing.assert_close(actual, torch.tensor(expected, dtype=torch.float32), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("name", ["mean", "sum", "ema"])
+@pytest.mark.parametrize("cast_name", ["half", "to-bfloat16", "set_dtype-float16", "to-dtype-float16"])
+def test_float64_sums_stay_float64_and_unrounded(name: str, cast_name: str, representation: str) -> None:
+    metric = FACTORIES[name]()
+    assert isinstance(metric, ValueWindow)
+    metric.update(torch.tensor(1 + 2**-40, dtype=torch.float64))
+    CASTS[cast_name](Holder(metric))
+    assert metric.value_sum.dtype == torch.float64
+    assert metric.value_sum.item() == 1 + 2**-40
+    metric.update(torch.tensor(2**-40, dtype=torch.float64))
+    assert metric.value_sum.item() == 1 + 2**-39
+    assert all(getattr(metric, key).dtype == torch.float64 for key in metric._defaults)
+
+
+def test_a_wrapped_metric_keeps_its_dtype_under_a_cast_of_the_windowed_metric() -> None:
+    metric = Windowed(SumMetric(), 261)
+    Holder(metric).to(dtype=torch.bfloat16)  # as Lightning's precision="bf16-true" does
+    for _ in range(261):
+        metric.update(torch.tensor(1.0, dtype=torch.bfloat16))
+    assert metric.metric.sum_value.dtype == torch.float32
+    assert metric.compute() == torch.tensor(261.0)  # not 260, bfloat16's nearest
+
+
+# Checkpoints across precisions --------------------------------------------------------------------------------
+
+PRECISIONS: dict[str, Optional[Cast]] = {
+    "float32": None,
+    "bfloat16": CASTS["to-bfloat16"],
+    "float16": CASTS["half"],
+    "float64": CASTS["double"],
+    "set_dtype-float16": CASTS["set_dtype-float16"],
+}
+
+
+def cast_to(metric: WindowMetric, precision: str) -> WindowMetric:
+    cast = PRECISIONS[precision]
+    if cast is not None:
+        cast(Holder(metric))
+    return metric
+
+
+def test_the_issue_reproducer_a_bfloat16_state_dict_loads_into_a_fresh_metric() -> None:
+    saved = WindowedMean(3)
+    saved.persistent(True)
+    saved.to(dtype=torch.bfloat16)
+    saved.update(1.0)
+    loaded = WindowedMean(3)
+    loaded.load_state_dict(saved.state_dict())
+    assert loaded.update_count == 1
+    loaded.update(2.0)
+    assert loaded(6.0) == torch.tensor(3.0)
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize("saved_under", PRECISIONS)
+@pytest.mark.parametrize("loaded_under", PRECISIONS)
+def test_a_state_dict_saved_under_one_precision_loads_under_any_other(
+    name: str, saved_under: str, loaded_under: str, representation: str
+) -> None:
+    rng = random.Random(f"{name}{saved_under}{loaded_under}")
+    calls = [fine_call(rng) for _ in range(10)]
+    forwards, _ = reference_values(name, calls)
+    saved = cast_to(FACTORIES[name](), saved_under)
+    saved.persistent(True)
+    for value, _ in calls[:4]:  # a window and a part of the next
+        saved.update(value)
+    state_dict = saved.state_dict()
+    loaded = cast_to(FACTORIES[name](), loaded_under)
+    loaded.persistent(True)
+    before = {key: value.dtype for key, value in loaded.state_dict().items()}
+    loaded.load_state_dict(state_dict)
+    assert loaded.update_count == 4
+    assert {key: value.dtype for key, value in loaded.state_dict().items()} == before
+    assert_states_equal(states(loaded), states(saved), f"{saved_under} -> {loaded_under}")
+    for index in range(4, len(calls)):
+        check_value(loaded(calls[index][0]), forwards[index])
+
+
+# Compute groups under every dtype -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cast_name", ["to-dtype-float16", "to-bfloat16", "half", "set_dtype-float16"])
+def test_the_issue_reproducer_mean_and_sum_in_a_float16_collection(cast_name: str, representation: str) -> None:
+    collection = MetricCollection({"mean": WindowedMean(2), "sum": WindowedSum(2)})
+    CASTS[cast_name](collection)
+    for x in (1.0, 3.0, 5.0, 7.0):
+        collection.update(torch.tensor(x))
+    assert collection.compute() == {"mean": torch.tensor(6.0), "sum": torch.tensor(12.0)}
+    assert sorted(collection.compute_groups.values()) == [["mean"], ["sum"]]
+
+
+def ema(decay: float) -> Callable[[list[list[Call]]], float]:
+    return lambda windows: ema_of(windows, decay)
+
+
+def compute_after(calls: list[Call], window: int, value_of: Callable[[list[list[Call]]], float]) -> float:
+    """The reference value of ``compute()`` after the calls: that of the latest window, or of the partial one."""
+    completed = len(calls) // window
+    if completed:
+        return value_of([calls[start * window : (start + 1) * window] for start in range(completed)])
+    return value_of([calls])
+
+
+def latest_mean(windows: list[list[Call]]) -> float:
+    return mean_of(windows[-1])
+
+
+def latest_sum(windows: list[list[Call]]) -> float:
+    return sum_of(windows[-1])
+
+
+PAIRS: dict[str, tuple[Callable[[], Metric], Callable[[], Metric], Any, Any, int]] = {
+    # two members, the reference value of each after its windows of calls, and the number of calls
+    "ema-0.999-vs-0.9999": (lambda: EMALoss(0.999), lambda: EMALoss(0.9999), ema(0.999), ema(0.9999), 40),
+    "mean-256-vs-257": (lambda: WindowedMean(256), lambda: WindowedMean(257), latest_mean, latest_mean, 300),
+    "windowed-mean-vs-sum": (
+        lambda: Windowed(MeanMetric(), 2),
+        lambda: Windowed(SumMetric(), 2),
+        latest_mean,
+        latest_sum,
+        40,
+    ),
+}
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+@pytest.mark.parametrize("cast_name", ["to-bfloat16", "set_dtype-bfloat16", "to-dtype-float16"])
+def test_differently_configured_members_never_merge_under_a_cast(pair: str, cast_name: str) -> None:
+    make_a, make_b, value_a, value_b, count = PAIRS[pair]
+    members: dict[str, Any] = {"a": make_a(), "b": make_b()}
+    assert all(isinstance(member, WindowMetric) for member in members.values())
+    windows = {name: member.window for name, member in members.items() if isinstance(member, WindowMetric)}
+    collection = MetricCollection(members)
+    CASTS[cast_name](collection)
+    # bfloat16-exact inputs (integers below 256), as a bf16-true step gives them
+    calls: list[Call] = [(float((7 * step) % 23), 1.0) for step in range(count)]
+    value_of = {"a": value_a, "b": value_b}
+    checked = {1, 2, 3, 255, 256, 257, 258, 299} | set(range(0, count + 1, 25)) if count > 40 else range(count + 1)
+    for index, (value, _) in enumerate(calls):
+        collection.update(torch.tensor(value, dtype=torch.bfloat16))
+        if index + 1 not in checked:
+            continue
+        computed = collection.compute()
+        for name in ("a", "b"):
+            expected = compute_after(calls[: index + 1], windows[name], value_of[name])
+            torch.testing.assert_close(computed[name].double(), torch.tensor(expected).double(), rtol=1e-6, atol=0)
+    assert sorted(collection.compute_groups.values()) == [["a"], ["b"]]
+    assert computed["a"] != computed["b"]
