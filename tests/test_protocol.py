@@ -328,11 +328,6 @@ def test_a_metric_created_on_the_meta_device_takes_meta_inputs(name: str) -> Non
     assert not metric.at_boundary
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: a metric created on the meta device keeps its device (meta) after load_state_dict(assign=True),"
-    " and ScalarState places the loaded values there, dropping them; SumMetric takes the loaded CPU states",
-)
 @pytest.mark.parametrize("name", ["mean", "sum", "ema"])
 def test_a_meta_metric_materialised_by_an_assigning_load_goes_on_like_sum_metric(name: str) -> None:
     source = FACTORIES[name]()

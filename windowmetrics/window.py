@@ -282,6 +282,8 @@ class WindowMetric(Metric, ABC):
         ``Trainer.fit(ckpt_path=...)`` does).
         """
         saved = state_dict.pop(prefix + WINDOW_STATE_KEY, None)
+        if self._device.type == "meta":
+            self._materialise_for(state_dict, prefix)
         if saved is not None:
             checksum, updates, at_boundary, has_latest, rank = (int(number) for number in saved.tolist())
             if checksum != self._config_checksum():
@@ -301,6 +303,26 @@ class WindowMetric(Metric, ABC):
             self._update_count, self._at_boundary, self._has_latest = updates, bool(at_boundary), bool(has_latest)
         self._computed = None
         self._present_latest()
+
+    def _materialise_for(self, state_dict: dict[str, Any], prefix: str) -> None:
+        """Give a metric created on the ``meta`` device real initial states where the loaded states are.
+
+        As torchmetrics' own metrics, a metric made under ``torch.device("meta")`` then takes the loaded values
+        (``load_state_dict(..., assign=True)``, as deferred initialisation does).
+        """
+        loaded = [
+            state_dict[prefix + key] for key in self._defaults if isinstance(state_dict.get(prefix + key), Tensor)
+        ]
+        if not loaded or loaded[0].is_meta:
+            return
+        device = self._device = loaded[0].device
+        for key, default in self._defaults.items():
+            if isinstance(default, Tensor) and default.is_meta:
+                initial = math.nan if key == "unshared" else 0.0
+                initial_state = torch.full(default.shape, initial, dtype=default.dtype, device=device)
+                self._defaults[key] = initial_state
+                setattr(self, key, initial_state.clone())
+        self._clear_window()
 
     def plot(self, val: Optional[Any] = None, ax: Optional[_AX_TYPE] = None) -> _PLOT_OUT_TYPE:
         """Plot a window value, or a sequence of them, with torchmetrics' plotting (needs matplotlib).
