@@ -84,7 +84,9 @@ def check_value(value: object, device: torch.device) -> Union[float, Tensor]:
         ValueError: If ``value`` is a tensor on another device than the metric.
     """
     if isinstance(value, Tensor):
-        return _checked_tensor("value", value, device)
+        if value.dtype.is_complex or value.device != device:  # the checks of _checked_tensor, inlined: the hot path
+            return _checked_tensor("value", value, device)
+        return value
     if isinstance(value, float):  # checked before numbers.Real, an ABC check that costs ten times more
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -4,7 +4,7 @@ import math
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, NoReturn, Optional
 
 import torch
 from torch import Tensor
@@ -28,8 +28,8 @@ class WindowMetric(Metric, ABC):
     This class owns the window's position and its boundary, and the parts of the torchmetrics protocol that
     follow from them; a subclass owns its accumulators and its latest window value through these methods:
 
-    - ``update(...)`` checks its inputs (:meth:`_check_not_synced` first), adds them to the accumulators,
-      then calls :meth:`_advance`;
+    - ``update(...)`` checks its inputs (a synchronised metric refuses them: :meth:`_refuse_update_while_synced`),
+      adds them to the accumulators, then calls :meth:`_advance`;
     - :meth:`_close_window` keeps the value of a completed window, synchronised across processes;
     - :meth:`_clear_window` empties the accumulators;
     - :meth:`_latest_value` returns the kept value;
@@ -121,16 +121,15 @@ class WindowMetric(Metric, ABC):
         if self._has_latest:
             self._latest_value()
 
-    def _check_not_synced(self) -> None:
+    def _refuse_update_while_synced(self) -> NoReturn:
         """Refuse an update while the states are synchronised (after ``sync()``, before ``unsync()``).
 
         Raises:
-            TorchMetricsUserError: If the metric is synchronised.
+            TorchMetricsUserError: Always; the update path calls it when ``self._is_synced``.
         """
-        if self._is_synced:
-            raise TorchMetricsUserError(
-                f"{type(self).__name__} cannot be updated while it is synchronised: call `unsync()` first"
-            )
+        raise TorchMetricsUserError(
+            f"{type(self).__name__} cannot be updated while it is synchronised: call `unsync()` first"
+        )
 
     def _advance(self) -> None:
         """Count one update and, if it completes the window, close the window.

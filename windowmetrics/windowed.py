@@ -80,7 +80,8 @@ class Windowed(WindowMetric):
         if is_dynamo_compiling():
             eagerly(self.update, *args, **kwargs)
             return None
-        self._check_not_synced()
+        if self._is_synced:
+            self._refuse_update_while_synced()
         self.metric.update(*args, **kwargs)
         self._advance()
         return None
