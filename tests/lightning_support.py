@@ -17,7 +17,7 @@ from lightning import LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
-from torchmetrics import MeanMetric, MetricCollection, SumMetric
+from torchmetrics import MeanMetric, Metric, MetricCollection, SumMetric
 
 from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum
 from windowmetrics.window import WindowMetric
@@ -220,19 +220,20 @@ class UserResetModule(WindowLoggingModule):
                 metric.reset()
 
 
-def mixed_collection(span_epochs: bool = False) -> MetricCollection:
-    """A collection with several windowmetrics of one class, two identical ones, and torchmetrics' MeanMetric."""
-    return MetricCollection(
-        {
-            "mean3": WindowedMean(3, span_epochs=span_epochs),
-            "mean5": WindowedMean(5, span_epochs=span_epochs),
-            "twin_a": WindowedMean(2, span_epochs=span_epochs),
-            "twin_b": WindowedMean(2, span_epochs=span_epochs),
-            "sum3": WindowedSum(3, span_epochs=span_epochs),
-            "ema2": EMALoss(0.5, window=2, span_epochs=span_epochs),
-            "mean_metric": MeanMetric(),
-        }
-    )
+def mixed_metrics(span_epochs: bool = False) -> dict[str, Union[Metric, MetricCollection]]:
+    """Several windowmetrics of one class, two identical ones, and torchmetrics' MeanMetric, for a collection.
+
+    A dict, not a ``MetricCollection``: torchmetrics < 1.7 takes no collection as a collection's first argument.
+    """
+    return {
+        "mean3": WindowedMean(3, span_epochs=span_epochs),
+        "mean5": WindowedMean(5, span_epochs=span_epochs),
+        "twin_a": WindowedMean(2, span_epochs=span_epochs),
+        "twin_b": WindowedMean(2, span_epochs=span_epochs),
+        "sum3": WindowedSum(3, span_epochs=span_epochs),
+        "ema2": EMALoss(0.5, window=2, span_epochs=span_epochs),
+        "mean_metric": MeanMetric(),
+    }
 
 
 class CollectionLoggingModule(RecordingModule):
@@ -246,7 +247,7 @@ class CollectionLoggingModule(RecordingModule):
     def __init__(self, use_forward: bool, span_epochs: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.use_forward = use_forward
-        self.train_collection = MetricCollection(mixed_collection(span_epochs), prefix="train/", postfix="/w")
+        self.train_collection = MetricCollection(mixed_metrics(span_epochs), prefix="train/", postfix="/w")
         self.val_collection = self.train_collection.clone(prefix="val/")
 
     def log_step(self, stage: str, loss: Tensor, size: int) -> dict[str, Optional[float]]:

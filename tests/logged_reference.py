@@ -91,7 +91,7 @@ def window_epoch_series(window: int) -> dict[str, Series]:
 
 
 def collection_series() -> dict[str, Series]:
-    """The windowmetrics of :func:`~tests.lightning_support.mixed_collection`, fed the loss alone."""
+    """The windowmetrics of :func:`~tests.lightning_support.mixed_metrics`, fed the loss alone."""
     return {
         "mean3": Series(3, unweighted_loss_call, latest_mean),
         "mean5": Series(5, unweighted_loss_call, latest_mean),
