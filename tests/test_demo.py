@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning
 import pytest
 import torch.distributed as dist
 
@@ -23,8 +24,20 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 SMALL = ["--epochs", "2", "--samples", "320", "--batch-size", "16", "--window", "6"]  # 20 batches: 3 windows + 2
 
 
-def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "windowmetrics.demo", *args]
+DEMO_LIGHTNING = tuple(int(part) for part in lightning.__version__.split(".")[:2]) >= (2, 4)
+needs_demo_lightning = pytest.mark.skipif(
+    not DEMO_LIGHTNING, reason=f"the demo needs Lightning >= 2.4 (its extra's), not {lightning.__version__}"
+)
+INSTALL_THE_EXTRA = "pip install 'windowmetrics[demo]'"
+
+
+def run_demo(*args: str, bootstrap: str = "") -> subprocess.CompletedProcess[str]:
+    """Run ``python -m windowmetrics.demo *args``, after the Python statements ``bootstrap`` if any."""
+    if bootstrap:
+        run_as_main = "import runpy; runpy.run_module('windowmetrics.demo', run_name='__main__', alter_sys=True)"
+        command = [sys.executable, "-c", f"{bootstrap}; {run_as_main}", *args]
+    else:
+        command = [sys.executable, "-m", "windowmetrics.demo", *args]
     environment = subprocess_environment()
     return subprocess.run(
         command, cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=240, check=False
@@ -41,6 +54,7 @@ def logged_epochs(output: Path) -> list[list[dict[str, str]]]:
     ]
 
 
+@needs_demo_lightning
 def test_the_demo_logs_the_windows_of_its_losses_and_prints_and_plots_them(tmp_path: Path) -> None:
     completed = run_demo(*SMALL, "--decay", "0.5", "--output", str(tmp_path))
     assert completed.returncode == 0, completed.stderr
@@ -71,6 +85,7 @@ def test_the_demo_logs_the_windows_of_its_losses_and_prints_and_plots_them(tmp_p
     assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
+@needs_demo_lightning
 @pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is unavailable"
 )
@@ -84,6 +99,7 @@ def test_the_demo_runs_on_two_processes_with_ddp(tmp_path: Path) -> None:
     assert "2 CPU processes (DDP)" in completed.stdout
 
 
+@needs_demo_lightning
 def test_the_demo_without_matplotlib_says_so_and_writes_no_plot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -94,10 +110,31 @@ def test_the_demo_without_matplotlib_says_so_and_writes_no_plot(
     assert len(logged_epochs(tmp_path)) == 1
 
 
+@needs_demo_lightning
 def test_the_demo_exits_with_status_2_and_a_message_on_a_bad_flag() -> None:
     completed = run_demo("--window", "0")
     assert completed.returncode == 2
     assert "error: argument --window: must be an integer >= 1, got '0'" in completed.stderr
+
+
+def test_the_demo_without_lightning_says_which_extra_to_install_and_exits_with_status_2() -> None:
+    completed = run_demo("--epochs", "1", bootstrap="import sys; sys.modules['lightning'] = None")  # no lightning
+    assert completed.returncode == 2, completed.stderr
+    assert completed.stderr.splitlines()[-1] == (
+        "windowmetrics.demo: no module named 'lightning': the demo needs the `demo` extra (Lightning >= 2.4,"
+        f" matplotlib): {INSTALL_THE_EXTRA}"
+    )
+    assert "Traceback" not in completed.stderr
+    assert completed.stdout == ""
+
+
+@pytest.mark.skipif(DEMO_LIGHTNING, reason=f"Lightning {lightning.__version__} is new enough for the demo")
+def test_the_demo_with_a_lightning_older_than_2_4_says_which_extra_to_install_and_exits_with_status_2() -> None:
+    completed = run_demo("--epochs", "1")
+    assert completed.returncode == 2, completed.stderr
+    assert f"Lightning {lightning.__version__} is too old" in completed.stderr
+    assert INSTALL_THE_EXTRA in completed.stderr
+    assert "Traceback" not in completed.stderr
 
 
 @pytest.mark.parametrize(

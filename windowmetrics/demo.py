@@ -35,12 +35,24 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from lightning import LightningModule, Trainer, seed_everything
-from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from windowmetrics import EMALoss, WindowedMean, WindowedSum
+
+DEMO_EXTRA = "the demo needs the `demo` extra (Lightning >= 2.4, matplotlib): pip install 'windowmetrics[demo]'"
+try:
+    import lightning
+    from lightning import LightningModule, Trainer, seed_everything
+    from lightning.pytorch.loggers import CSVLogger
+except ModuleNotFoundError as error:  # run as a program without the extra: say what to install, exit 2
+    if error.name != "lightning" or __name__ != "__main__":
+        raise
+    print(f"windowmetrics.demo: no module named 'lightning': {DEMO_EXTRA}", file=sys.stderr)
+    sys.exit(2)
+if __name__ == "__main__" and tuple(int(part) for part in lightning.__version__.split(".")[:2]) < (2, 4):
+    print(f"windowmetrics.demo: Lightning {lightning.__version__} is too old: {DEMO_EXTRA}", file=sys.stderr)
+    sys.exit(2)
 
 FEATURES = 8
 PLOT_NAME = "loss.png"
