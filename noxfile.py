@@ -4,7 +4,7 @@
 ``.venv/bin/nox -s torchmetrics-1.3`` runs one, ``.venv/bin/nox -t lightning`` one family, ``.venv/bin/nox -l``
 lists them, and arguments after ``--`` go to pytest. Each session installs PyTorch's CPU build first (the
 ``torch==2.13.0`` wheel that the README's set-up uses: PyPI's default build for Linux is a CUDA one of several
-GB), then the pinned release, then ``-e .[dev]``, all under a constraints file that holds the pins, so that
+GB), then the pinned release, then ``-e .[test]``, all under a constraints file that holds the pins, so that
 pip cannot move them.
 
 - ``torchmetrics-X.Y``: the newest patch release of each torchmetrics minor from the declared floor on, with
@@ -77,7 +77,7 @@ def install_pinned(session: nox.Session, pins: Sequence[str], *requirements: str
 
 def run_suite(session: nox.Session, pins: Sequence[str]) -> None:
     """Install the pinned environment and run pytest (the whole suite, or the arguments after ``--``)."""
-    install_pinned(session, pins, "-e", ".[dev]")
+    install_pinned(session, pins, "-e", ".[test]")  # not [dev]: its tools need a newer `packaging` than old Lightning
     session.run("python", "-m", "pytest", "-p", "no:cacheprovider", *session.posargs)
 
 
