@@ -28,6 +28,7 @@ from torchmetrics.aggregation import MeanMetric, SumMetric
 
 from tests.dispatch_counter import DispatchCounter
 from tests.process_group import free_port
+from tests.versions import NO_DISABLED_NAN_STRATEGY
 from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum, scalars
 from windowmetrics.window import WindowMetric
 
@@ -300,6 +301,7 @@ WRAPPED: dict[str, Callable[[], Metric]] = {
 }
 
 
+@NO_DISABLED_NAN_STRATEGY
 @pytest.mark.parametrize("loss", list(LOSSES))
 @pytest.mark.parametrize("wrapped", list(WRAPPED))
 def test_windowed_adds_no_host_read_to_its_metric(wrapped: str, loss: str) -> None:

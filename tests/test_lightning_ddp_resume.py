@@ -19,6 +19,7 @@ import torch.distributed as dist
 from tests.ddp_resume_fit import CHECKPOINT_STEP, PHASES, TRAIN_BATCHES, WINDOW, checkpoint_path
 from tests.lightning_support import Record, metrics_csv, read_csv, read_records, subprocess_environment
 from tests.logged_reference import close, window_epoch_series, window_series, window_step_columns
+from tests.versions import OLD_LIGHTNING_RESUMES
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is unavailable"
@@ -47,6 +48,7 @@ def train_records(records: list[Record]) -> list[Record]:
 
 
 @pytest.mark.timeout(240)
+@OLD_LIGHTNING_RESUMES
 def test_a_ddp_run_resumed_mid_window_logs_the_windows_it_must_see(tmp_path: Path) -> None:
     for phase in PHASES:
         run_phase(phase, tmp_path)

@@ -41,6 +41,7 @@ from tests.logged_reference import (
     loss_call,
 )
 from tests.reference import Call
+from tests.versions import OLD_LIGHTNING_RESUMES
 from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum
 from windowmetrics.window import WindowMetric
 
@@ -256,6 +257,7 @@ CROSSINGS = [
 ]
 
 
+@OLD_LIGHTNING_RESUMES
 @pytest.mark.parametrize(("saved_under", "resumed_under"), CROSSINGS)
 def test_a_mid_epoch_checkpoint_resumes_exactly_under_another_precision(
     uninterrupted: Callable[[str], Run], tmp_path: Path, saved_under: str, resumed_under: str

@@ -29,6 +29,7 @@ from tests.lightning_support import (
 )
 from tests.logged_reference import check_window_module_rows, close
 from tests.reference import Call, mean_of
+from tests.versions import OLD_LIGHTNING_RESUMES
 
 pytestmark = pytest.mark.filterwarnings(
     *LIGHTNING_NOISE,
@@ -110,6 +111,7 @@ def test_the_uninterrupted_run_logs_the_reference_windows(uninterrupted: Run) ->
     assert counts == {"train": EPOCHS * TRAIN_BATCHES, "val": EPOCHS * 7}
 
 
+@OLD_LIGHTNING_RESUMES
 @pytest.mark.parametrize("step", [4, 12])
 @pytest.mark.parametrize("module_class", [WindowLoggingModule, EpochStartResetModule], ids=["plain", "reset-recipe"])
 def test_a_mid_epoch_resume_logs_what_the_uninterrupted_run_logs(
@@ -147,7 +149,13 @@ END_OF_EPOCH_CHECKPOINTS = {  # the checkpoint after epoch 0, and how many epoch
 }
 
 
-@pytest.mark.parametrize("saved_at", END_OF_EPOCH_CHECKPOINTS)
+@pytest.mark.parametrize(
+    "saved_at",
+    [
+        saved_at if saved_at == "train-epoch-end" else pytest.param(saved_at, marks=OLD_LIGHTNING_RESUMES)
+        for saved_at in END_OF_EPOCH_CHECKPOINTS
+    ],
+)
 def test_an_end_of_epoch_resume_with_the_reset_recipe_logs_what_the_uninterrupted_run_logs(
     uninterrupted: Run, tmp_path: Path, saved_at: str
 ) -> None:

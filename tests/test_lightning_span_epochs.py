@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -45,6 +44,7 @@ from tests.logged_reference import (
 from tests.reference import mean_of
 from tests.test_lightning_resume import END_OF_EPOCH_CHECKPOINTS, ROWS_PER_EPOCH, from_step, resumable_module, without
 from tests.test_lightning_resume import fit as fit_with_callbacks
+from tests.versions import OLD_LIGHTNING_RESUMES
 from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum
 from windowmetrics.window import WindowMetric
 
@@ -244,13 +244,6 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Uninterrupted:
 def test_the_uninterrupted_spanning_run_logs_the_reference_windows(uninterrupted: Uninterrupted) -> None:
     counts = check_window_module_rows(uninterrupted.rows, [uninterrupted.records], 3, Resets(span_epochs=True))
     assert counts == {"train": RESUME_EPOCHS * RESUME_TRAIN_BATCHES, "val": RESUME_EPOCHS * 7}
-
-
-OLD_LIGHTNING_RESUMES = pytest.mark.skipif(
-    tuple(int(part) for part in lightning.__version__.split(".")[:2]) < (2, 5),
-    reason="Lightning < 2.5 resumes from these checkpoints differently (it starts with a validation run, or trains"
-    " other batches), as tests/test_lightning_resume.py shows too",
-)
 
 
 @pytest.mark.parametrize("saved_at", ["train-epoch-end", pytest.param("validation-end", marks=OLD_LIGHTNING_RESUMES)])

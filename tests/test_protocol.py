@@ -24,6 +24,7 @@ from torchmetrics.utilities.exceptions import TorchMetricsUserError
 from tests.process_group import run_in_process_group
 from tests.reference import Call, ema_of, expected_series, mean_of, sum_of
 from tests.synced_updates import FACTORIES, VALUES, all_states, synced_updates_worker
+from tests.versions import SUM_METRIC_NOT_ON_META
 from windowmetrics import EMALoss, Windowed, WindowedMean
 from windowmetrics.window import WINDOW_STATE_KEY, WindowMetric
 
@@ -286,6 +287,7 @@ def test_updates_while_synced_in_a_real_process_group_raise_and_change_nothing(
 META_FACTORIES: dict[str, Callable[[], Metric]] = {**FACTORIES, "SumMetric (the model)": SumMetric}
 
 
+@SUM_METRIC_NOT_ON_META
 @pytest.mark.parametrize("name", META_FACTORIES)
 def test_creation_under_the_meta_device_is_like_sum_metrics(name: str) -> None:
     """Created under ``torch.device("meta")``, a metric is on the meta device with every state there, with the
@@ -315,6 +317,7 @@ def test_creation_under_the_meta_device_is_like_sum_metrics(name: str) -> None:
     assert all(getattr(metric, key).is_meta for key in metric._defaults)
 
 
+@SUM_METRIC_NOT_ON_META
 @pytest.mark.parametrize("name", ["mean", "sum", "ema"])
 def test_a_metric_created_on_the_meta_device_takes_meta_inputs(name: str) -> None:
     """More than SumMetric does (its NaN check reads the value): updates with meta inputs run, shapes only."""
