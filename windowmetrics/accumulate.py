@@ -34,7 +34,7 @@ def add_update(
         if isinstance(weight, float):
             return _add_numbers(sums, value, weight, nans)
         value = torch.scalar_tensor(value, dtype=torch.float64, device=weight.device)
-    if scalars.PREFER_HOST and value.is_cpu:  # the host path (scalars.on_host, inlined)
+    if scalars.PREFER_HOST and value.is_cpu:  # the host path (scalars.host_path, inlined)
         return _add_on_host(sums, value, weight, nans)
     if value.requires_grad or (isinstance(weight, Tensor) and weight.requires_grad):
         with torch.no_grad():  # detaching would cost an operation on the device; no_grad costs none

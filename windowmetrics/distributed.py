@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from windowmetrics.scalars import Scalar, as_tensor, on_host
+from windowmetrics.scalars import Scalar, as_tensor, host_path
 
 GatherFn = Callable[..., list[Tensor]]
 """A torchmetrics ``dist_sync_fn``: ``fn(tensor, group=group)`` returns every process's ``tensor``."""
@@ -62,7 +62,7 @@ def sum_over_processes(
         )
     nan_total = sum(nans for nans, _ in counted)
     totals = rows[:, :2].sum(dim=0)
-    if on_host(totals):
+    if host_path(totals.device):
         value_total, weight_total = totals.tolist()
         return value_total, weight_total, nan_total
     return totals[0], totals[1], nan_total

@@ -32,11 +32,6 @@ accelerator path (0-dim float64 tensors), so that it can be tested and measured 
 results are the same either way."""
 
 
-def on_host(tensor: Tensor) -> bool:
-    """Return whether a scalar computed from ``tensor`` is kept as a Python float (the host path)."""
-    return PREFER_HOST and tensor.is_cpu
-
-
 def as_tensor(scalar: Scalar, device: torch.device) -> Tensor:
     """Return ``scalar`` as a 0-dim float64 tensor, created on ``device`` if it is a Python float."""
     if isinstance(scalar, Tensor):
