@@ -53,14 +53,9 @@ def _add_numbers(sums: WindowSums, value: float, weight: float, nans: NanStrateg
 
 def _add_on_host(sums: WindowSums, value: Tensor, weight: Union[float, Tensor], nans: NanStrategy) -> WindowSums:
     value_sum, weight_sum, nan_count = sums
-    if isinstance(weight, float) and nans.propagates:  # the default, and the common case: at most one reduction
-        if value.dim() == 0:
-            return value_sum + value.item() * weight, weight_sum + weight, nan_count
-        return (
-            value_sum + value.sum(dtype=torch.float64).item() * weight,
-            weight_sum + weight * value.numel(),
-            nan_count,
-        )
+    if isinstance(weight, float) and nans.propagates:  # one reduction (a 0-dim loss is summed by ValueWindow)
+        total = value.sum(dtype=torch.float64).item()
+        return value_sum + total * weight, weight_sum + weight * value.numel(), nan_count
     values, weights, dropped = _masked(value, weight, nans)
     if nans.drops:
         nan_count = nan_count + dropped.sum(dtype=torch.float64).item()

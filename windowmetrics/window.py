@@ -61,9 +61,9 @@ class WindowMetric(Metric, ABC):
     - The position inside the window, the boundary flag and whether a window has completed are Python
       attributes. With ``persistent(True)``, ``state_dict()`` saves them, with a checksum of the metric's
       configuration and the rank of the saving process, in one int64 tensor (:data:`WINDOW_STATE_KEY`) beside
-      the registered states;
-      ``load_state_dict`` refuses the states of a differently configured metric, and restores the sums of the
-      window in progress only on the process of the rank that saved them (see :meth:`_load_from_state_dict`).
+      the registered states; ``load_state_dict`` refuses the states of a differently configured metric, and
+      restores the sums of the window in progress only on the process of the rank that saved them (see
+      :meth:`_load_from_state_dict`).
     - ``MetricCollection`` compute groups never merge a window metric with another: its first registered state,
       ``unshared``, holds NaN, which is equal to nothing. Compute groups share registered states only, and a
       window's position is not one.
