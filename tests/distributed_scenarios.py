@@ -23,8 +23,8 @@ from tests.collectives import Collective, CollectiveLog
 from tests.process_group import WORLD_SIZE
 from tests.reference import random_calls
 from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum, scalars
-from windowmetrics.value_window import ValueWindow
-from windowmetrics.window import WindowMetric
+from windowmetrics._weighted_sums import WeightedSums
+from windowmetrics._window import WindowMetric
 
 Args = tuple[Any, ...]
 """The arguments of one ``update``/``forward`` call."""
@@ -347,7 +347,7 @@ def manual_sync_scenario(kind: str, rank: int, log: CollectiveLog) -> ManualSync
     """Fill all but one update of a window, ``sync()``/``unsync()`` and ``sync_context()``, then close the window."""
     inputs = manual_sync_inputs(kind)
     metric = make_metric(kind, inputs)
-    assert isinstance(metric, ValueWindow)
+    assert isinstance(metric, WeightedSums)
     *first, last = inputs.calls[rank]
     for args in first:
         metric.update(*args)
@@ -364,7 +364,7 @@ def manual_sync_scenario(kind: str, rank: int, log: CollectiveLog) -> ManualSync
     return ManualSync(local, synced, restored, in_context, after_context, sync_collectives, boundary)
 
 
-def window_sums(metric: ValueWindow) -> SyncedSums:
+def window_sums(metric: WeightedSums) -> SyncedSums:
     """Return the registered states ``(value_sum, weight_sum, nan_count)``, as torchmetrics' ``sync`` sees them."""
     return (float(metric.value_sum), float(metric.weight_sum), float(metric.nan_count))
 

@@ -23,7 +23,7 @@ from tests.distributed_scenarios import (
     representation,
     window_sums,
 )
-from windowmetrics.value_window import ValueWindow
+from windowmetrics._weighted_sums import WeightedSums
 
 WINDOW = 4
 
@@ -74,7 +74,7 @@ def worker(rank: int) -> dict[tuple[str, str, bool], GroupSync]:
 def run_case(kind: str, rank: int, kwargs: dict[str, Any], sync_group: Any, log: CollectiveLog) -> GroupSync:
     inputs = group_sync_inputs(kind)
     metric = make_metric(kind, inputs, **kwargs)
-    assert isinstance(metric, ValueWindow)
+    assert isinstance(metric, WeightedSums)
     *first, last = inputs.calls[rank]
     for args in first:
         metric.update(*args)

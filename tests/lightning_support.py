@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import MeanMetric, Metric, MetricCollection, SumMetric
 
 from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum
-from windowmetrics.window import WindowMetric
+from windowmetrics._window import WindowMetric
 
 FEATURES = 3
 LIGHTNING_NOISE = (

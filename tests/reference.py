@@ -84,11 +84,16 @@ def ema_of(windows: Sequence[Sequence[Call]], decay: float, nan_strategy: object
 
 
 def expected_series(
-    calls: Sequence[Call], window: int, value_of: Callable[[list[list[Call]]], float]
+    calls: Sequence[Call],
+    window: int,
+    value_of: Callable[[list[list[Call]]], float],
+    aggregate_of: Optional[Callable[[list[Call]], float]] = None,
 ) -> tuple[list[Optional[float]], list[float]]:
     """Return, after each call, what ``forward`` returns and what ``compute`` returns.
 
-    ``value_of(windows)`` gives the value after the given windows (the last one possibly partial).
+    ``value_of(windows)`` gives the value after the given windows (the last one possibly partial);
+    ``aggregate_of(calls)`` gives ``compute()``, the value of every call so far (``None``: ``compute()`` is the
+    latest window value, or before the first window the value of the calls so far, as for ``EMALoss``).
     """
     forwards: list[Optional[float]] = []
     computes: list[float] = []
@@ -97,7 +102,10 @@ def expected_series(
         windows = [list(calls[i * window : (i + 1) * window]) for i in range(completed)]
         latest = value_of(windows) if completed else None
         forwards.append(latest)
-        computes.append(latest if latest is not None else value_of([list(calls[:count])]))
+        if aggregate_of is not None:
+            computes.append(aggregate_of(list(calls[:count])))
+        else:
+            computes.append(latest if latest is not None else value_of([list(calls[:count])]))
     return forwards, computes
 
 

@@ -35,7 +35,7 @@ from tests.collectives import Collective, CollectiveLog
 from tests.distributed_scenarios import representation
 from tests.process_group import TIMEOUT, free_port
 from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum
-from windowmetrics.window import WindowMetric
+from windowmetrics._window import WindowMetric
 
 Args = tuple[Any, ...]
 

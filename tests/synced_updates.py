@@ -10,7 +10,7 @@ from torchmetrics import Metric, SumMetric
 from torchmetrics.utilities.exceptions import TorchMetricsUserError
 
 from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum, scalars
-from windowmetrics.window import WindowMetric
+from windowmetrics._window import WindowMetric
 
 FACTORIES: dict[str, Callable[[], WindowMetric]] = {
     "mean": lambda: WindowedMean(3),

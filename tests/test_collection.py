@@ -52,7 +52,7 @@ def assert_same(observed: tuple, expected: tuple, name: str) -> None:
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("copy_state", [False, True], ids=["by reference (Lightning)", "copied"])
 def test_members_updated_through_the_collection_report_like_standalone_metrics(
-    seed: int, copy_state: bool, representation: str
+    seed: int, copy_state: bool
 ) -> None:
     collection = MetricCollection({**MEMBERS()})
     standalone = MEMBERS()
@@ -69,7 +69,7 @@ def test_members_updated_through_the_collection_report_like_standalone_metrics(
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_forward_through_the_collection_matches_standalone_metrics(seed: int, representation: str) -> None:
+def test_forward_through_the_collection_matches_standalone_metrics(seed: int) -> None:
     collection = MetricCollection({**MEMBERS()})
     standalone = MEMBERS()
     for value in values(seed, 10):
@@ -82,7 +82,7 @@ def test_forward_through_the_collection_matches_standalone_metrics(seed: int, re
                 torch.testing.assert_close(returned[name], expected, rtol=0, atol=0, msg=name)
 
 
-def test_update_then_forward_on_identical_members_counts_each_value_once(representation: str) -> None:
+def test_update_then_forward_on_identical_members_counts_each_value_once() -> None:
     collection = MetricCollection({"first": WindowedSum(2), "second": WindowedSum(2)})
     collection.update(torch.tensor(1.0))  # forms the compute groups: one per member
     assert sorted(collection.compute_groups.values()) == [["first"], ["second"]]

@@ -30,7 +30,7 @@ from torch._dynamo.utils import counters
 from torch._logging import set_logs  # type: ignore[attr-defined]  # documented, re-exported without __all__
 
 from windowmetrics import EMALoss, WindowedMean, WindowedSum, scalars
-from windowmetrics.window import WindowMetric
+from windowmetrics._window import WindowMetric
 
 BACKEND = "eager"
 WINDOW = 3

@@ -18,7 +18,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum
-from windowmetrics.window import WindowMetric
+from windowmetrics._window import WindowMetric
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -30,7 +30,7 @@ from tests.dispatch_counter import DispatchCounter
 from tests.process_group import free_port
 from tests.versions import NO_DISABLED_NAN_STRATEGY
 from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum, scalars
-from windowmetrics.window import WindowMetric
+from windowmetrics._window import WindowMetric
 
 WINDOW = 3
 """A window whose updates but every third one are not boundaries."""

@@ -33,7 +33,7 @@ from tests.distributed_scenarios import (
 )
 from tests.process_group import WORLD_SIZE, run_in_process_group
 from tests.reference import Call, ema_of, mean_of, sum_of, weighted_sums
-from windowmetrics.window import WindowMetric
+from windowmetrics._window import WindowMetric
 
 ValueOf = Callable[[list[list[Args]]], float]
 """The value after the given windows (the last one possibly partial) of a metric, from the windows' inputs."""

@@ -9,7 +9,7 @@ import torch
 from torchmetrics import MeanMetric, MetricCollection
 
 from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum
-from windowmetrics.window import WindowMetric
+from windowmetrics._window import WindowMetric
 
 WINDOW_CASES = [
     (0, ValueError, r"`window` must be an int >= 1, got 0"),
@@ -154,7 +154,7 @@ def test_bad_update_raises_and_changes_nothing(
     assert_unchanged(before, snapshot(metric))
     metric.update(5.0)  # and it goes on as if nothing had happened: windows (1, 2, 3) and (4, 5, 6)
     metric.update(6.0)
-    assert metric.compute() == torch.tensor(final)
+    assert metric.window_value == torch.tensor(final)
 
 
 @pytest.mark.parametrize(("args", "error", "message"), [(a, e, m) for a, k, e, m in BAD_UPDATES if len(a) == 1])
@@ -188,9 +188,12 @@ def test_nan_under_error_strategy_discards_the_window_and_keeps_the_latest_value
     with pytest.raises(ValueError, match=r"^1 NaN element\(s\) in the window \(nan_strategy='error'\)$"):
         metric.update(math.nan)
     after = snapshot(metric)
-    # With window=1 the discarded window is the NaN update itself: the sums and the latest value are as before.
-    for name in ("value_sum", "weight_sum", "nan_count", "latest"):
-        assert after["states"][name] == before["states"][name]
+    # With window=1 the discarded window is the NaN update itself: the window's sums and the latest value are as
+    # before; the since-reset aggregate counts the NaN element (compute() reports it).
+    for name in ("value_sum", "weight_sum", "nan_count"):
+        assert torch.equal(after["states"][name][0], before["states"][name][0])
+    assert after["states"]["latest"] == before["states"]["latest"]
+    assert after["states"]["nan_count"][1] == before["states"]["nan_count"][1] + 1
     assert after["cache"] == before["cache"] == torch.tensor(2.0)
     # The call counted, as every call does, and closed no window.
     assert after["update_count"] == before["update_count"] + 1

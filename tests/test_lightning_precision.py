@@ -43,7 +43,7 @@ from tests.logged_reference import (
 from tests.reference import Call
 from tests.versions import OLD_LIGHTNING_RESUMES
 from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum
-from windowmetrics.window import WindowMetric
+from windowmetrics._window import WindowMetric
 
 pytestmark = pytest.mark.filterwarnings(
     *LIGHTNING_NOISE,

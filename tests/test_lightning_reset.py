@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import Metric, MetricCollection
 
 from tests.lightning_support import LIGHTNING_NOISE
-from windowmetrics.lightning_reset import reset_by_lightning_at_loop_end
+from windowmetrics._lightning import reset_by_lightning_at_loop_end
 
 pytestmark = pytest.mark.filterwarnings(*LIGHTNING_NOISE)
 

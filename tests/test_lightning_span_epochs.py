@@ -46,7 +46,7 @@ from tests.test_lightning_resume import END_OF_EPOCH_CHECKPOINTS, ROWS_PER_EPOCH
 from tests.test_lightning_resume import fit as fit_with_callbacks
 from tests.versions import OLD_LIGHTNING_RESUMES
 from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum
-from windowmetrics.window import WindowMetric
+from windowmetrics._window import WindowMetric
 
 pytestmark = pytest.mark.filterwarnings(
     *LIGHTNING_NOISE,

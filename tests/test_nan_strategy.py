@@ -4,6 +4,7 @@ import math
 import random
 import warnings
 from collections.abc import Callable
+from typing import Optional
 
 import pytest
 import torch
@@ -11,8 +12,8 @@ import torch
 from tests.reference import Call, ema_of, expected_series, mean_of, random_calls, sum_of
 from tests.test_window_contract import assert_value
 from windowmetrics import EMALoss, WindowedMean, WindowedSum
-from windowmetrics.nan_strategy import NanStrategyArg
-from windowmetrics.window import WindowMetric
+from windowmetrics._nan_strategy import NanStrategyArg
+from windowmetrics._window import WindowMetric
 
 
 def with_nans(rng: random.Random, calls: list[Call]) -> list[Call]:
@@ -33,18 +34,28 @@ def with_nans(rng: random.Random, calls: list[Call]) -> list[Call]:
 
 @pytest.mark.parametrize("seed", range(20))
 @pytest.mark.parametrize("nan_strategy", ["disable", "ignore", "warn", 0.5, -3.0])
-def test_strategies_match_the_reference(seed: int, nan_strategy: NanStrategyArg, representation: str) -> None:
+def test_strategies_match_the_reference(seed: int, nan_strategy: NanStrategyArg) -> None:
     rng = random.Random(seed)
     calls = with_nans(rng, random_calls(rng, rng.randint(1, 25)))
     unweighted: list[Call] = [(value, 1.0) for value, _ in calls]
     window, decay = rng.randint(1, 5), 0.5
-    cases: list[tuple[WindowMetric, list[Call], Callable[[list[list[Call]]], float]]] = [
-        (WindowedMean(window, nan_strategy=nan_strategy), calls, lambda w: mean_of(w[-1], nan_strategy)),
-        (WindowedSum(window, nan_strategy=nan_strategy), unweighted, lambda w: sum_of(w[-1], nan_strategy)),
-        (EMALoss(decay, window=window, nan_strategy=nan_strategy), calls, lambda w: ema_of(w, decay, nan_strategy)),
+    cases: list[tuple[WindowMetric, list[Call], Callable[[list[list[Call]]], float], Optional[Callable]]] = [
+        (
+            WindowedMean(window, nan_strategy=nan_strategy),
+            calls,
+            lambda w: mean_of(w[-1], nan_strategy),
+            lambda c: mean_of(c, nan_strategy),
+        ),
+        (
+            WindowedSum(window, nan_strategy=nan_strategy),
+            unweighted,
+            lambda w: sum_of(w[-1], nan_strategy),
+            lambda c: sum_of(c, nan_strategy),
+        ),
+        (EMALoss(decay, window=window, nan_strategy=nan_strategy), calls, lambda w: ema_of(w, decay, nan_strategy), None),
     ]
-    for metric, metric_calls, value_of in cases:
-        forwards, computes = expected_series(metric_calls, window, value_of)
+    for metric, metric_calls, value_of, aggregate_of in cases:
+        forwards, computes = expected_series(metric_calls, window, value_of, aggregate_of)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "warn" is checked on its own below
             for index, (value, weight) in enumerate(metric_calls):
@@ -80,16 +91,21 @@ def test_error_raises_at_the_boundary_discards_the_window_and_the_next_starts_cl
     with pytest.raises(ValueError, match=r"^2 NaN element\(s\) in the window \(nan_strategy='error'\)$"):
         metric.update(20.0)
     assert not metric.at_boundary
-    assert metric.compute() == torch.tensor(6.0)  # the latest window value is the last good window's
+    assert metric.window_value == torch.tensor(6.0)  # the latest window value is the last good window's
     assert [metric(v) for v in (100.0, 200.0, 300.0)][-1] == torch.tensor(600.0)
     assert metric.at_boundary
+    # compute() covers every update since the reset, the discarded window's included: it still reports its NaNs
+    with pytest.raises(ValueError, match=r"^2 NaN element\(s\) in the updates since the last reset"):
+        metric.compute()
 
 
 def test_error_on_a_partial_compute_raises_and_discards_nothing() -> None:
     metric = WindowedMean(3, nan_strategy="error")
     metric.update(math.nan)
     metric.update(4.0)
-    with pytest.raises(ValueError, match=r"^1 NaN element\(s\) in the window \(nan_strategy='error'\)$"):
+    with pytest.raises(
+        ValueError, match=r"^1 NaN element\(s\) in the updates since the last reset \(nan_strategy='error'\)$"
+    ):
         metric.compute()
     assert metric.update_count == 2
     with pytest.raises(ValueError, match=r"^1 NaN element\(s\) in the window \(nan_strategy='error'\)$"):

@@ -13,7 +13,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum
-from windowmetrics.window import WindowMetric
+from windowmetrics._window import WindowMetric
 
 FACTORIES: dict[str, Callable[[], WindowMetric]] = {
     "mean": lambda: WindowedMean(4),
@@ -56,7 +56,7 @@ def assert_same_outputs(first: list[Any], second: list[Any]) -> None:
 
 @pytest.mark.parametrize("name", FACTORIES)
 @pytest.mark.parametrize("split", [1, 5, 6, 9])
-def test_a_checkpoint_mid_window_resumes_exactly(name: str, split: int, tmp_path: Path, representation: str) -> None:
+def test_a_checkpoint_mid_window_resumes_exactly(name: str, split: int, tmp_path: Path) -> None:
     uninterrupted, before, after = FACTORIES[name](), FACTORIES[name](), FACTORIES[name]()
     calls = inputs(split, 14, uninterrupted)
     expected = outputs(uninterrupted, calls)
@@ -106,7 +106,7 @@ def test_states_of_a_differently_configured_metric_are_refused(saved: Callable, 
     [copy.deepcopy, lambda metric: metric.clone(), lambda metric: pickle.loads(pickle.dumps(metric))],
     ids=["deepcopy", "clone", "pickle"],
 )
-def test_copies_behave_like_the_original(name: str, duplicate: Callable, representation: str) -> None:
+def test_copies_behave_like_the_original(name: str, duplicate: Callable) -> None:
     original = FACTORIES[name]()
     calls = inputs(random.Random(name).randrange(1000), 12, original)
     outputs(original, calls[:5])

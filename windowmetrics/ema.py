@@ -1,16 +1,18 @@
 """EMALoss: an exponential moving average of window means, bias-corrected."""
 
-from typing import Any
+from typing import Any, Optional, Union, cast
 
 import torch
+from torch import Tensor
 
-from windowmetrics.nan_strategy import NanStrategyArg
-from windowmetrics.scalars import ScalarState, divide, where
-from windowmetrics.validation import check_decay
-from windowmetrics.value_window import WeightedMeanWindow
+from windowmetrics._compile import eagerly, is_dynamo_compiling
+from windowmetrics._nan_strategy import NanStrategyArg
+from windowmetrics._validation import check_decay
+from windowmetrics._weighted_sums import WINDOW, WeightedSums
+from windowmetrics._window import output_dtype
 
 
-class EMALoss(WeightedMeanWindow):
+class EMALoss(WeightedSums):
     r"""Exponential moving average of a loss, fed one window mean per window, bias-corrected.
 
     Each window's weighted mean :math:`m` (exactly as :class:`~windowmetrics.WindowedMean` computes it, over
@@ -21,7 +23,13 @@ class EMALoss(WeightedMeanWindow):
 
     so that the first value equals the first window mean, with no bias towards zero. ``window=1`` is the
     classic per-step EMA. A window with no weight (with ``nan_strategy="ignore"``, one whose elements were all
-    NaN) leaves the average unchanged. See :class:`~windowmetrics.window.WindowMetric` for the window contract.
+    NaN) leaves the average unchanged. ``compute()`` is the latest average too (not an aggregate since the
+    reset): Lightning's ``on_epoch=True`` logs the average as it stands at the end of the epoch.
+
+    Fed once per validation run with that run's exact mean (``EMALoss(decay, span_epochs=True)`` updated in
+    ``on_validation_epoch_end`` with a validation metric's ``compute()``, and logged there), it is a smoothed
+    validation loss that ``EarlyStopping``, ``ModelCheckpoint`` and ``ReduceLROnPlateau`` can monitor from the
+    first run on.
 
     As input to ``forward`` and ``update`` the metric accepts the following input
 
@@ -31,10 +39,10 @@ class EMALoss(WeightedMeanWindow):
 
     As output of ``forward`` and ``compute`` the metric returns the following output
 
-    - ``forward``: the average after the latest window (0-dim :class:`~torch.Tensor`), or ``None`` until a
-      window completes
-    - ``compute``: the same; before the first window completes, the mean of the updates so far (NaN with no
-      update at all)
+    - ``forward`` (and the property ``window_value``): the average after the latest window (0-dim
+      :class:`~torch.Tensor`), or ``None`` until a window completes
+    - ``compute``: the same; before the first window completes, the mean of the window in progress over all
+      processes (NaN with no update at all)
 
     Args:
         decay: weight of the past, a float with ``0 <= decay < 1``.
@@ -62,8 +70,8 @@ class EMALoss(WeightedMeanWindow):
         tensor(2.)
     """
 
-    ema_numerator = ScalarState()
-    ema_denominator = ScalarState()
+    ema_numerator: Tensor
+    ema_denominator: Tensor
 
     def __init__(
         self,
@@ -81,16 +89,41 @@ class EMALoss(WeightedMeanWindow):
         self.add_state("ema_numerator", torch.zeros((), dtype=torch.float64), dist_reduce_fx=None)
         self.add_state("ema_denominator", torch.zeros((), dtype=torch.float64), dist_reduce_fx=None)
 
+    def update(self, value: Union[float, Tensor], weight: Union[float, Tensor] = 1.0) -> None:
+        """Add ``value``'s elements with ``weight`` to the window; at its boundary, add its mean to the average."""
+        if is_dynamo_compiling():
+            eagerly(self.update, value, weight)
+            return
+        self._add(value, weight)
+        self._count_update()
+
+    @torch.jit.unused
+    def forward(self, value: Union[float, Tensor], weight: Union[float, Tensor] = 1.0) -> Optional[Tensor]:
+        """Update, then return the average after the latest window, or ``None`` until a window has completed."""
+        if is_dynamo_compiling():
+            return cast(Optional[Tensor], eagerly(self.forward, value, weight))
+        self._add(value, weight)
+        self._count_update()
+        return self.window_value
+
     def extra_repr(self) -> str:
         """Return the arguments that configure the metric, as ``repr`` shows them."""
         return f"decay={self.decay}, {super().extra_repr()}"
 
-    def _close_window(self) -> None:
-        sums = self._window_sums()
+    def _worth(self, sums: Tensor) -> Tensor:
+        return sums[0] / sums[1]
+
+    def _close_window(self) -> Tensor:
+        sums = self._sums(WINDOW, "the window")
         weighted = sums[1] != 0
-        decay, scalars = self.decay, self._scalars
-        numerator, denominator = scalars["ema_numerator"], scalars["ema_denominator"]
-        numerator = where(weighted, decay * numerator + (1 - decay) * self._value_of(sums), numerator)
-        denominator = where(weighted, decay * denominator + (1 - decay), denominator)
-        scalars["ema_numerator"], scalars["ema_denominator"] = numerator, denominator
-        scalars["latest"] = divide(numerator, denominator)
+        decay, numerator, denominator = self.decay, self.ema_numerator, self.ema_denominator
+        numerator = torch.where(weighted, decay * numerator + (1 - decay) * self._worth(sums), numerator)
+        denominator = torch.where(weighted, decay * denominator + (1 - decay), denominator)
+        self.__dict__["ema_numerator"], self.__dict__["ema_denominator"] = numerator, denominator
+        return numerator / denominator
+
+    def _aggregate_value(self) -> Tensor:
+        """Return the latest average; before the first window completes, the mean of the window in progress."""
+        if self._has_latest:
+            return self.latest.to(output_dtype())
+        return self._worth(self._sums(WINDOW, "the window")).to(output_dtype())

@@ -5,19 +5,17 @@ from typing import Any, Optional, Union, cast
 import torch
 from torch import Tensor
 
-from windowmetrics.accumulate import WindowSums
-from windowmetrics.compile import eagerly, is_dynamo_compiling
-from windowmetrics.nan_strategy import NanStrategyArg
-from windowmetrics.scalars import Scalar
-from windowmetrics.value_window import ValueWindow
+from windowmetrics._compile import eagerly, is_dynamo_compiling
+from windowmetrics._nan_strategy import NanStrategyArg
+from windowmetrics._weighted_sums import WeightedSums
 
 
-class WindowedSum(ValueWindow):
+class WindowedSum(WeightedSums):
     """Sum of every element of every value over windows of ``window`` updates.
 
     Counts such as samples or tokens seen per window, summed over processes. Sums are float64 (exact for
     integer values up to 2**53) and the value is rounded once, to torch's default float dtype but never below
-    float32. See :class:`~windowmetrics.window.WindowMetric` for the window contract.
+    float32. ``compute()`` is the sum of every update since the last reset.
 
     As input to ``forward`` and ``update`` the metric accepts the following input
 
@@ -26,9 +24,10 @@ class WindowedSum(ValueWindow):
 
     As output of ``forward`` and ``compute`` the metric returns the following output
 
-    - ``forward``: the latest window value (0-dim :class:`~torch.Tensor`), or ``None`` until a window completes
-    - ``compute``: the latest window value; before the first window completes, the sum of the updates so far
-      (0 with no update at all, as torchmetrics' ``SumMetric``)
+    - ``forward`` (and the property ``window_value``): the latest window value (0-dim :class:`~torch.Tensor`),
+      or ``None`` until a window completes
+    - ``compute``: the sum of every update since the last reset, over all processes (0 with no update, as
+      torchmetrics' ``SumMetric``)
 
     Args:
         window: number of ``update``/``forward`` calls that make one window, an int >= 1.
@@ -52,6 +51,10 @@ class WindowedSum(ValueWindow):
         ...     value = samples_seen(batch_size)
         >>> value
         tensor(80.)
+        >>> samples_seen(64)  # the next window is in progress: forward repeats the last window's value
+        tensor(80.)
+        >>> samples_seen.compute()  # everything since the reset
+        tensor(144.)
     """
 
     def __init__(
@@ -63,19 +66,18 @@ class WindowedSum(ValueWindow):
         """Add ``value``'s elements to the window; close it if this update completes it."""
         if is_dynamo_compiling():
             eagerly(self.update, value)
-            return None
-        self._accumulate(value, 1.0)
-        self._advance()
-        return None
+            return
+        self._add(value, 1.0)
+        self._count_update()
 
     @torch.jit.unused
     def forward(self, value: Union[float, Tensor]) -> Optional[Tensor]:
         """Update, then return the latest window value, or ``None`` until a window has completed."""
         if is_dynamo_compiling():
             return cast(Optional[Tensor], eagerly(self.forward, value))
-        self._accumulate(value, 1.0)
-        self._advance()
-        return self._latest_value() if self._has_latest else None
+        self._add(value, 1.0)
+        self._count_update()
+        return self.window_value
 
-    def _value_of(self, sums: WindowSums) -> Scalar:
+    def _worth(self, sums: Tensor) -> Tensor:
         return sums[0]

@@ -1,16 +1,52 @@
 """Windowed: any torchmetrics metric computed over windows of n updates."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from copy import deepcopy
 from typing import Any, Optional, cast
 
 import torch
 from torch import Tensor
 from torch.nn import Module
 from torchmetrics import Metric
+from torchmetrics.utilities.data import dim_zero_cat, dim_zero_max, dim_zero_min, dim_zero_sum
 
-from windowmetrics.compile import eagerly, is_dynamo_compiling
-from windowmetrics.validation import check_metric, describe
-from windowmetrics.window import WindowMetric
+from windowmetrics._compile import eagerly, is_dynamo_compiling
+from windowmetrics._validation import check_metric, describe
+from windowmetrics._window import WindowMetric
+
+_MERGEABLE_REDUCTIONS = (dim_zero_sum, dim_zero_max, dim_zero_min, dim_zero_cat)
+"""The reductions whose states torchmetrics' ``merge_state`` combines exactly, whatever the update counts."""
+
+
+def merges_exactly(metric: Metric) -> bool:
+    """Return whether ``metric.merge_state(other)`` gives the states of both metrics' updates together.
+
+    True where torchmetrics has ``merge_state`` and either the metric's class provides its own or every state
+    of the metric (and of the metrics it holds) is reduced by a sum, a maximum, a minimum or a concatenation.
+    """
+    if not hasattr(metric, "merge_state"):  # torchmetrics < 1.5
+        return False
+    if type(metric).merge_state is not Metric.merge_state:
+        return True
+    if metric.full_state_update is not False or metric.dist_sync_on_step:
+        return False
+    metrics = [module for module in metric.modules() if isinstance(module, Metric)]
+    return len(metrics) == 1 and all(reduction in _MERGEABLE_REDUCTIONS for reduction in metric._reductions.values())
+
+
+@contextmanager
+def at_least_float32() -> Iterator[None]:
+    """Make torch's default float dtype at least float32 while the block runs (``bf16-true`` makes it bfloat16)."""
+    previous = torch.get_default_dtype()
+    if previous.itemsize >= 4:
+        yield
+        return
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 class Windowed(WindowMetric):
@@ -19,33 +55,38 @@ class Windowed(WindowMetric):
     Every ``update`` goes to the wrapped metric. When a window closes, the wrapped metric's ``compute()``
     (synchronised across processes by the wrapped metric's own settings) becomes the latest window value and
     the wrapped metric is reset. A window's accuracy, F1 score or AUROC is therefore the metric over all the
-    samples of the window's batches, whatever their sizes, never an average of per-batch values. See
-    :class:`~windowmetrics.window.WindowMetric` for the window contract.
+    samples of the window's batches, whatever their sizes, never an average of per-batch values.
 
-    A value of a floating dtype below float32 (a metric cast to half precision) is returned as float32.
+    ``compute()`` is the wrapped metric over every update since the last reset. Where torchmetrics can merge the
+    wrapped metric's states exactly (``merge_state``, torchmetrics >= 1.5, states reduced by sum, max, min or
+    concatenation: accuracy, F1, AUROC, ``MeanMetric``...), each window's states are merged into an aggregate
+    copy at its boundary, and an update costs one update of the wrapped metric; for any other metric, the
+    aggregate copy is updated beside the window's, and an update costs two. The wrapped metric's values are
+    computed with a default float dtype of at least float32, whatever the default inside the step
+    (``precision="bf16-true"``), and a value of a floating dtype below float32 is returned as float32.
 
     As input to ``forward`` and ``update`` the metric accepts the inputs of the wrapped metric's ``update``.
 
     As output of ``forward`` and ``compute`` the metric returns the following output
 
-    - ``forward``: the wrapped metric's value over the latest completed window (a :class:`~torch.Tensor`),
-      or ``None`` until a window completes
-    - ``compute``: the same; before the first window completes, the wrapped metric's value over the updates so
-      far (what the wrapped metric's ``compute()`` gives with no update at all, with its warning)
+    - ``forward`` (and the property ``window_value``): the wrapped metric's value over the latest completed
+      window (a :class:`~torch.Tensor`), or ``None`` until a window completes
+    - ``compute``: the wrapped metric's value over every update since the last reset (what the wrapped metric's
+      ``compute()`` gives with no update at all, with its warning)
 
     Args:
         metric: the torchmetrics ``Metric`` to compute per window, whose ``compute()`` returns a tensor (as
             Lightning's logging requires). A ``MetricCollection`` is not accepted: wrap each member instead.
         window: number of ``update``/``forward`` calls that make one window, an int >= 1.
         span_epochs: if ``True``, the reset that Lightning performs on every logged metric at the end of each
-            training epoch and validation run changes nothing, so that windows close every ``window`` updates
-            over the whole run; any other ``reset()`` still clears everything (default ``False``: windows
-            start again at each epoch when the metric is logged with ``self.log``).
+            training epoch and validation run clears the since-reset aggregate alone, so that windows close every
+            ``window`` updates over the whole run; any other ``reset()`` still clears everything (default
+            ``False``: windows start again at each epoch when the metric is logged with ``self.log``).
 
     Raises:
         TypeError: If ``metric`` is not a torchmetrics ``Metric``, ``window`` is not an int or ``span_epochs``
-            is not a bool; at a boundary,
-            if the wrapped metric's ``compute()`` did not return a tensor (the window is then discarded).
+            is not a bool; at a boundary, if the wrapped metric's ``compute()`` did not return a tensor (the
+            window is then discarded).
         ValueError: If ``window`` is smaller than 1.
 
     Example:
@@ -57,14 +98,19 @@ class Windowed(WindowMetric):
         None
         >>> accuracy(torch.tensor([1]), torch.tensor([1]))  # 3 right of 5 samples, not the mean of 50% and 100%
         tensor(0.6000)
+        >>> accuracy(torch.tensor([0]), torch.tensor([1]))  # the next window is in progress
+        tensor(0.6000)
+        >>> accuracy.compute()  # 3 right of 6 samples since the reset
+        tensor(0.5000)
     """
-
-    latest: Tensor
 
     def __init__(self, metric: Metric, window: int, *, span_epochs: bool = False) -> None:
         metric = check_metric(metric)
         super().__init__(window, span_epochs)
         self.metric = metric
+        self.since_reset = deepcopy(metric)
+        self.since_reset.reset()
+        self._merges = merges_exactly(metric)
         # The wrapped metric's value over the latest window: the same on every process, never reduced.
         self.add_state("latest", torch.zeros(()), dist_reduce_fx=None)
 
@@ -79,12 +125,12 @@ class Windowed(WindowMetric):
         """Update the wrapped metric; close the window if this update completes it."""
         if is_dynamo_compiling():
             eagerly(self.update, *args, **kwargs)
-            return None
-        if self._is_synced:
-            self._refuse_update_while_synced()
+            return
+        self._before_update()
         self.metric.update(*args, **kwargs)
-        self._advance()
-        return None
+        if not self._merges:
+            self.since_reset.update(*args, **kwargs)
+        self._count_update()
 
     @torch.jit.unused
     def forward(self, *args: Any, **kwargs: Any) -> Optional[Tensor]:
@@ -92,55 +138,95 @@ class Windowed(WindowMetric):
         if is_dynamo_compiling():
             return cast(Optional[Tensor], eagerly(self.forward, *args, **kwargs))
         self.update(*args, **kwargs)
-        return self._latest_value() if self._has_latest else None
+        return self.window_value
 
-    def _close_window(self) -> None:
-        self.__dict__["latest"] = self._window_value()
+    def _close_window(self) -> Tensor:
+        value = self._value_of(self.metric)
+        if self._merges:
+            self._merge_into(self.since_reset, self.metric)
+        return value
 
-    def _apply(self, fn: Callable[[Tensor], Tensor], exclude_state: Sequence[str] = ()) -> Module:
-        """Apply ``fn`` as :class:`~windowmetrics.window.WindowMetric` does; move the wrapped metric, dtype unchanged.
+    @staticmethod
+    def _merge_into(total: Metric, window: Metric) -> None:
+        total.merge_state(window)
+        total._update_count += window._update_count
+        total._computed = None
 
-        torchmetrics would cast the wrapped metric's states with the module (``.to(torch.bfloat16)``,
-        Lightning's ``*-true`` precisions), as it casts its own metrics'; a window's metric keeps its precision.
+    def _aggregate_value(self) -> Tensor:
+        if not self._merges or not self.metric._update_count:
+            return self._value_of(self.since_reset)
+        total = deepcopy(self.since_reset)  # with the window in progress, which its boundary will merge
+        self._merge_into(total, self.metric)
+        return self._value_of(total)
+
+    def _value_of(self, metric: Metric) -> Tensor:
+        """Return ``metric.compute()``, computed at float32 or wider and returned at float32 or wider.
+
+        Raises:
+            TypeError: If the wrapped metric's ``compute()`` does not return a tensor.
         """
-        metric = self._modules.pop("metric")  # out of the module's reach while fn is applied
-        try:
-            this = super()._apply(fn, exclude_state)
-        finally:
-            self._modules["metric"] = metric
-        if metric is not None:
-            metric.to(self._device)
-        return this
-
-    def _discard_saved_window(self, state_dict: dict[str, Any], prefix: str) -> None:
-        """Drop the wrapped metric's saved states (its own and its submetrics'), and reset it.
-
-        Its parameters and buffers (a feature extractor's, as FID or LPIPS have) are not the window's: they load.
-        """
-        for name, module in self.metric.named_modules(prefix=prefix + "metric"):
-            if isinstance(module, Metric):
-                for state in module._defaults:
-                    state_dict.pop(f"{name}.{state}", None)
-        self.metric.reset()
-
-    def _clear_window(self) -> None:
-        self.metric.reset()
-
-    def _latest_value(self) -> Tensor:
-        return self.latest
-
-    def _window_value(self) -> Tensor:
-        value = self.metric.compute()
+        with at_least_float32():
+            value = metric.compute()
         if not isinstance(value, Tensor):
             raise TypeError(
-                f"Windowed needs a metric whose compute() returns a tensor; {type(self.metric).__name__}"
+                f"Windowed needs a metric whose compute() returns a tensor; {type(metric).__name__}"
                 f" returned {describe(value)}"
             )
         if value.is_floating_point() and value.dtype.itemsize < 4:  # never below float32, as Lightning logs
             return value.float()
         return value
 
+    def _present(self, latest: Tensor) -> Tensor:
+        return latest
+
+    def _clear_window(self) -> None:
+        self.metric.reset()
+
+    def _clear_aggregate(self) -> None:
+        self.since_reset.reset()
+
+    def _after_reset(self) -> None:
+        self.metric.reset()
+        self.since_reset.reset()
+
+    def _rank_local_states(self) -> tuple[str, ...]:
+        return tuple(
+            f"{name}.{state}"
+            for name, module in self.named_modules()
+            if name and isinstance(module, Metric)
+            for state in module._defaults
+        )
+
+    def _forget_rank_local_states(self) -> None:
+        self.metric.reset()
+        self.since_reset.reset()
+
+    def _state_problem(self, key: str, value: object) -> Optional[str]:
+        if key == "latest":  # the wrapped metric's value: any shape and dtype
+            return None if isinstance(value, Tensor) else f"expected a tensor, got {describe(value)}"
+        return super()._state_problem(key, value)
+
+    def _own_loaded_states(self) -> None:
+        self.__dict__["latest"] = self.latest.to(self._device, copy=True)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], exclude_state: Sequence[str] = ()) -> Module:
+        """Apply ``fn`` as :class:`~windowmetrics._window.WindowMetric` does; move the wrapped metrics, dtype unchanged.
+
+        torchmetrics would cast the wrapped metric's states with the module (``.to(torch.bfloat16)``,
+        Lightning's ``*-true`` precisions), as it casts its own metrics'; a window's metric keeps its precision.
+        """
+        wrapped = {name: self._modules.pop(name) for name in ("metric", "since_reset")}  # out of fn's reach
+        try:
+            this = super()._apply(fn, exclude_state)
+        finally:
+            self._modules.update(wrapped)
+        for module in wrapped.values():
+            if module is not None:
+                module.to(self._device)
+        return this
+
     def persistent(self, mode: bool = False) -> None:
         """Say whether ``state_dict()`` saves the states, the wrapped metric's included."""
         super().persistent(mode)
         self.metric.persistent(mode)
+        self.since_reset.persistent(mode)

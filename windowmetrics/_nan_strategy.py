@@ -6,8 +6,7 @@ from typing import Literal, Union
 
 from torchmetrics.utilities import rank_zero_warn
 
-from windowmetrics.scalars import Scalar
-from windowmetrics.validation import describe
+from windowmetrics._validation import describe
 
 NanStrategyArg = Union[Literal["disable", "ignore", "warn", "error"], float]
 """The values ``nan_strategy`` takes: one of four names, or a float to impute."""
@@ -69,18 +68,21 @@ class NanStrategy:
             raise ValueError("`nan_strategy` must not be NaN: imputing NaN changes nothing, use 'disable'")
         return cls("impute", float(nan_strategy))
 
-    def report(self, nan_count: Scalar) -> None:
-        """Warn about or raise for the NaN elements of a window, as the strategy says.
+    def report(self, count: int, where: str = "the window") -> None:
+        """Warn about or raise for ``count`` NaN elements, as the strategy says.
 
-        Reads ``nan_count`` from the device: called only where a window's value is produced, and only for
-        the strategies that report (``"warn"``, ``"error"``).
+        Called only where a value is produced (a boundary, ``compute()``), with a count read from the device
+        there, and only for the strategies that report (``"warn"``, ``"error"``).
+
+        Args:
+            count: the number of NaN elements.
+            where: what they were in, for the message: ``"the window"`` or ``"the updates since the last reset"``.
 
         Raises:
-            ValueError: If the strategy is ``"error"`` and ``nan_count`` is not zero.
+            ValueError: If the strategy is ``"error"`` and ``count`` is not zero.
         """
-        count = int(nan_count)
         if not count:
             return
         if self.name == "error":
-            raise ValueError(f"{count} NaN element(s) in the window (nan_strategy='error')")
-        rank_zero_warn(f"{count} NaN element(s) in the window were ignored (nan_strategy='warn')", UserWarning)
+            raise ValueError(f"{count} NaN element(s) in {where} (nan_strategy='error')")
+        rank_zero_warn(f"{count} NaN element(s) in {where} were ignored (nan_strategy='warn')", UserWarning)

@@ -1,0 +1,162 @@
+"""The window's position in a ``state_dict``: named entries beside the registered states, checked when loaded.
+
+A persistent window metric saves, beside its states, one 0-dim int64 tensor per field of :class:`Position` and
+the saving process's rank, each under its own key (``<prefix>window_position``, ...). A field added later gets
+a default when an older checkpoint lacks it; the fields that exist today are all required.
+
+A checkpoint is input like any other: every entry of this metric is checked before anything is loaded, and a
+malformed or foreign one is refused with an error that names its key, leaving the metric as it was.
+"""
+
+import enum
+import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+import torch
+from torch import Tensor
+from torchmetrics.utilities import rank_zero_warn
+
+from windowmetrics._distributed import current_rank
+
+if TYPE_CHECKING:
+    from windowmetrics._window import WindowMetric
+
+FIELD_PREFIX = "window_"
+"""The prefix of the position's entries in a ``state_dict``, after the metric's own prefix."""
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a window metric stands: what ``state_dict()`` saves beside its states.
+
+    Attributes:
+        config: the metric's class and arguments (saved as a CRC-32 checksum).
+        position: updates into the window in progress, ``0 <= position < window``.
+        updates: updates since the last reset (what ``compute()`` covers).
+        at_boundary: whether the last update completed a window.
+        has_latest: whether a window has completed since the last full reset.
+    """
+
+    config: str
+    position: int
+    updates: int
+    at_boundary: bool
+    has_latest: bool
+
+
+def config_checksum(config: str) -> int:
+    """A CRC-32 of a metric's configuration: equal for equally configured metrics, different (but by chance)."""
+    return zlib.crc32(config.encode())
+
+
+def save_position(position: Position, destination: dict[str, Any], prefix: str) -> None:
+    """Write ``position`` and this process's rank into ``destination``, one CPU int64 tensor per field."""
+    fields = {
+        "config": config_checksum(position.config),
+        "position": position.position,
+        "updates": position.updates,
+        "at_boundary": int(position.at_boundary),
+        "has_latest": int(position.has_latest),
+        "rank": current_rank(),
+    }
+    for name, number in fields.items():
+        destination[f"{prefix}{FIELD_PREFIX}{name}"] = torch.tensor(number, dtype=torch.int64)
+
+
+class Absent(enum.Enum):
+    """:func:`load_position`'s answer when nothing is to be loaded."""
+
+    NOTHING_SAVED = "the state_dict holds no entry of this metric"
+    REFUSED = "the entries were refused, or left out with a warning"
+
+
+_FIELDS = ("config", "position", "updates", "at_boundary", "has_latest", "rank")
+
+
+def load_position(
+    metric: "WindowMetric", state_dict: dict[str, Any], prefix: str, strict: bool, error_msgs: list[str]
+) -> Union[Absent, tuple[Position, bool]]:
+    """Check and take ``metric``'s position entries out of ``state_dict``.
+
+    Returns:
+        The saved position, and whether this process has the rank that saved it; or why nothing is loaded.
+        Entries that are refused (an error in ``error_msgs``) or left out (a differently configured metric with
+        ``strict=False``, with a warning) are removed from ``state_dict``, with those of the metrics ``metric``
+        holds, so that nothing of them loads.
+    """
+    keys = {name: f"{prefix}{FIELD_PREFIX}{name}" for name in _FIELDS}
+    fields = {name: state_dict.pop(key) for name, key in keys.items() if key in state_dict}
+    saved_states = [key for key in metric._defaults if prefix + key in state_dict]
+    if not fields and not saved_states:
+        return Absent.NOTHING_SAVED
+    problem = _problem_with(metric, fields, keys, state_dict, prefix)
+    if problem is not None:
+        _drop_entries(state_dict, prefix)
+        error_msgs.append(f"{problem}; {type(metric).__name__} left unchanged")
+        return Absent.REFUSED
+    numbers = {name: int(value.item()) for name, value in fields.items()}
+    if numbers["config"] != config_checksum(metric._config()):
+        _drop_entries(state_dict, prefix)
+        message = (
+            f"{keys['config']}: the states were saved by a differently configured metric than {metric._config()}"
+            f" (configuration checksum {numbers['config']} instead of {config_checksum(metric._config())})"
+        )
+        if strict:
+            error_msgs.append(f"{message}; load with strict=False to start this metric afresh instead")
+        else:
+            rank_zero_warn(f"{message}: left out (strict=False), the metric starts afresh", UserWarning)
+        return Absent.REFUSED
+    position = Position(
+        config=metric._config(),
+        position=numbers["position"],
+        updates=numbers["updates"],
+        at_boundary=bool(numbers["at_boundary"]),
+        has_latest=bool(numbers["has_latest"]),
+    )
+    return position, numbers["rank"] == current_rank()
+
+
+def _problem_with(
+    metric: "WindowMetric", fields: dict[str, Any], keys: dict[str, str], state_dict: dict[str, Any], prefix: str
+) -> Optional[str]:
+    """Return what is wrong with the saved entries of ``metric``, naming the key, or ``None``."""
+    for name in _FIELDS:
+        if name not in fields:
+            return f"{keys[name]}: missing; the states of a window metric load only with its position"
+        value = fields[name]
+        if not isinstance(value, Tensor) or value.numel() != 1 or value.dtype.is_floating_point:
+            return f"{keys[name]}: expected a 1-element integer tensor, got {_describe(value)}"
+        if value.dtype == torch.bool or value.dtype.is_complex:
+            return f"{keys[name]}: expected a 1-element integer tensor, got {_describe(value)}"
+    numbers = {name: int(fields[name].item()) for name in _FIELDS}
+    allowed = {
+        "position": (0, metric.window - 1),
+        "updates": (0, None),
+        "at_boundary": (0, 1),
+        "has_latest": (0, 1),
+        "rank": (0, None),
+    }
+    for name, (low, high) in allowed.items():
+        number = numbers[name]
+        if number < low or (high is not None and number > high):
+            bound = f"from {low} to {high}" if high is not None else f">= {low}"
+            return f"{keys[name]}: expected an integer {bound}, got {number}"
+    for key in metric._saved_states():
+        if prefix + key not in state_dict:
+            return f"{prefix}{key}: missing beside the window's position"
+        problem = metric._state_problem(key, state_dict[prefix + key])
+        if problem is not None:
+            return f"{prefix}{key}: {problem}"
+    return None
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _drop_entries(state_dict: dict[str, Any], prefix: str) -> None:
+    for key in [key for key in state_dict if key.startswith(prefix)]:
+        del state_dict[key]
