@@ -135,11 +135,13 @@ class _WindowedExtreme(WindowMetric):
         """Return the extreme of the processes' extremes (a NaN propagates)."""
         raise NotImplementedError
 
-    def _statistics(self, element: int, where: str) -> Tensor:
+    def _statistics(self, element: int, where: str, updated: bool = True) -> Tensor:
         """Return the extreme of the window or the aggregate, over all processes, as a 0-dim float64 tensor.
 
         Synchronised in one ``all_gather`` when torchmetrics' settings say so; the NaN count is read (with the
-        collective's check, in one read) and reported when the strategy reports.
+        collective's check, in one read) and reported when the strategy reports. With no update at all
+        (``updated`` false: ``compute()`` right after a reset), the identity, as torchmetrics' ``MaxMetric`` and
+        ``MinMetric`` return, whatever the strategy.
         """
         statistics = torch.stack((self.extreme[element], self.nan_count[element], self.element_count[element]))
         extreme, nans, elements = statistics  # views of a copy: clearing the window leaves them
@@ -155,7 +157,7 @@ class _WindowedExtreme(WindowMetric):
             nan_total = nans.item()
         if reports:
             self._nans.report(int(nan_total or 0), where)
-        if self._nans.drops:  # a window of NaN elements alone (or of no element) is worth NaN
+        if self._nans.drops and updated:  # a window of NaN elements alone (or of no element) is worth NaN
             return torch.where(elements > nans, extreme, math.nan)
         return extreme
 
@@ -163,7 +165,8 @@ class _WindowedExtreme(WindowMetric):
         return self._statistics(WINDOW, "the window")
 
     def _aggregate_value(self) -> Tensor:
-        return self._statistics(SINCE_RESET, "the updates since the last reset").to(output_dtype())
+        statistics = self._statistics(SINCE_RESET, "the updates since the last reset", self._update_count > 0)
+        return statistics.to(output_dtype())
 
     def _clear_window(self) -> None:
         self.extreme[WINDOW] = self._identity
