@@ -9,6 +9,7 @@ malformed or foreign one is refused with an error that names its key, leaving th
 """
 
 import enum
+import sys
 import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Union
@@ -87,25 +88,27 @@ def load_position(
     """
     keys = {name: f"{prefix}{FIELD_PREFIX}{name}" for name in _FIELDS}
     fields = {name: state_dict.pop(key) for name, key in keys.items() if key in state_dict}
-    saved_states = [key for key in metric._defaults if prefix + key in state_dict]
+    saved_states = [key for key in metric._saved_states() if prefix + key in state_dict]
     if not fields and not saved_states:
         return Absent.NOTHING_SAVED
-    problem = _problem_with(metric, fields, keys, state_dict, prefix)
+    problem = _field_problem(fields, keys)
+    if problem is None:
+        numbers = {name: int(value.item()) for name, value in fields.items()}
+        if numbers["config"] != config_checksum(metric._config()):  # before the ranges: another window's position
+            _drop_entries(state_dict, prefix)
+            message = (
+                f"{keys['config']}: the states were saved by a differently configured metric than {metric._config()}"
+                f" (configuration checksum {numbers['config']} instead of {config_checksum(metric._config())})"
+            )
+            if _strict_of_the_load(strict):
+                error_msgs.append(f"{message}; load with strict=False to start this metric afresh instead")
+            else:
+                rank_zero_warn(f"{message}: left out (strict=False), the metric starts afresh", UserWarning)
+            return Absent.REFUSED
+        problem = _problem_with(metric, numbers, keys, state_dict, prefix)
     if problem is not None:
         _drop_entries(state_dict, prefix)
         error_msgs.append(f"{problem}; {type(metric).__name__} left unchanged")
-        return Absent.REFUSED
-    numbers = {name: int(value.item()) for name, value in fields.items()}
-    if numbers["config"] != config_checksum(metric._config()):
-        _drop_entries(state_dict, prefix)
-        message = (
-            f"{keys['config']}: the states were saved by a differently configured metric than {metric._config()}"
-            f" (configuration checksum {numbers['config']} instead of {config_checksum(metric._config())})"
-        )
-        if strict:
-            error_msgs.append(f"{message}; load with strict=False to start this metric afresh instead")
-        else:
-            rank_zero_warn(f"{message}: left out (strict=False), the metric starts afresh", UserWarning)
         return Absent.REFUSED
     position = Position(
         config=metric._config(),
@@ -117,19 +120,43 @@ def load_position(
     return position, numbers["rank"] == current_rank()
 
 
-def _problem_with(
-    metric: "WindowMetric", fields: dict[str, Any], keys: dict[str, str], state_dict: dict[str, Any], prefix: str
-) -> Optional[str]:
-    """Return what is wrong with the saved entries of ``metric``, naming the key, or ``None``."""
+def _strict_of_the_load(strict: bool) -> bool:
+    """Return the ``strict`` argument of the ``Module.load_state_dict`` call that loads this metric.
+
+    ``torch.nn.Module.load_state_dict`` passes ``strict=True`` to every module's ``_load_from_state_dict``, whatever
+    its own argument, and applies that argument to the missing and unexpected keys alone. The argument is read from
+    its frame; without one (``_load_from_state_dict`` called directly), ``strict`` as given.
+    """
+    code = torch.nn.Module.load_state_dict.__code__
+    frame = sys._getframe(1) if hasattr(sys, "_getframe") else None
+    while frame is not None:
+        if frame.f_code is code:
+            return bool(frame.f_locals.get("strict", strict))
+        frame = frame.f_back
+    return strict
+
+
+def _field_problem(fields: dict[str, Any], keys: dict[str, str]) -> Optional[str]:
+    """Return what is wrong with the position's entries (each a 0-dim integer tensor), naming the key, or ``None``."""
     for name in _FIELDS:
         if name not in fields:
             return f"{keys[name]}: missing; the states of a window metric load only with its position"
         value = fields[name]
-        if not isinstance(value, Tensor) or value.numel() != 1 or value.dtype.is_floating_point:
-            return f"{keys[name]}: expected a 1-element integer tensor, got {_describe(value)}"
-        if value.dtype == torch.bool or value.dtype.is_complex:
-            return f"{keys[name]}: expected a 1-element integer tensor, got {_describe(value)}"
-    numbers = {name: int(fields[name].item()) for name in _FIELDS}
+        if (
+            not isinstance(value, Tensor)
+            or value.dim() != 0
+            or value.dtype.is_floating_point
+            or value.dtype.is_complex
+            or value.dtype == torch.bool
+        ):
+            return f"{keys[name]}: expected a 0-dim integer tensor, got {_describe(value)}"
+    return None
+
+
+def _problem_with(
+    metric: "WindowMetric", numbers: dict[str, int], keys: dict[str, str], state_dict: dict[str, Any], prefix: str
+) -> Optional[str]:
+    """Return what is wrong with the saved position's values and the saved states, naming the key, or ``None``."""
     allowed = {
         "position": (0, metric.window - 1),
         "updates": (0, None),

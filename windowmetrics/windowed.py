@@ -201,9 +201,30 @@ class Windowed(WindowMetric):
         self.metric.reset()
         self.since_reset.reset()
 
+    def _saved_states(self) -> list[str]:
+        """Name the states that ``state_dict()`` saves: the window's, and the wrapped metrics' persistent ones."""
+        wrapped = [
+            f"{name}.{key}"
+            for name, module in self.named_modules()
+            if name and isinstance(module, Metric)
+            for key in module._defaults
+            if module._persistent.get(key, False)
+        ]
+        return [*super()._saved_states(), *wrapped]
+
     def _state_problem(self, key: str, value: object) -> Optional[str]:
         if key == "latest":  # the wrapped metric's value: any shape and dtype
             return None if isinstance(value, Tensor) else f"expected a tensor, got {describe(value)}"
+        name, _, state = key.rpartition(".")
+        if name:  # a wrapped metric's state: a tensor of its initial shape, or a list of tensors
+            default = cast(Metric, self.get_submodule(name))._defaults[state]
+            if isinstance(default, Tensor):
+                if not isinstance(value, Tensor) or value.shape != default.shape:
+                    return f"expected a tensor of shape {tuple(default.shape)}, got {describe(value)}"
+                return None
+            if not isinstance(value, (list, tuple)) or not all(isinstance(item, Tensor) for item in value):
+                return f"expected a list of tensors, got {describe(value)}"
+            return None
         return super()._state_problem(key, value)
 
     def _own_loaded_states(self) -> None:
@@ -230,3 +251,31 @@ class Windowed(WindowMetric):
         super().persistent(mode)
         self.metric.persistent(mode)
         self.since_reset.persistent(mode)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Load as :class:`~windowmetrics._window.WindowMetric` does; give the wrapped metrics' states own storage.
+
+        torch loads the wrapped metrics after this method returns, from the entries that it leaves in
+        ``state_dict`` (torch's copy of the caller's): each is replaced here by a copy on this metric's device, so
+        that the wrapped metrics, which update in place, share storage neither with the checkpoint nor with another
+        metric loaded from it.
+        """
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        for key, value in list(state_dict.items()):
+            if not key.startswith(prefix) or "." not in key[len(prefix) :]:
+                continue
+            if isinstance(value, Tensor):
+                state_dict[key] = value.to(self._device, copy=True)
+            elif isinstance(value, (list, tuple)):
+                state_dict[key] = [item.to(self._device, copy=True) for item in value if isinstance(item, Tensor)]
