@@ -67,6 +67,10 @@ class WeightedSums(WindowMetric):
     def _add(self, value: object, weight: object) -> None:
         """Check an update's inputs, then add them to the window and the aggregate; raise before changing anything.
 
+        The hot path: the checks of :func:`~windowmetrics._validation.check_value` and of :meth:`_before_update`
+        are inlined for the commonest inputs, and the commonest update (a tensor that needs no grad, a number as
+        weight, the default strategy) is added here, in one operator (two for a per-sample loss).
+
         Raises:
             TypeError: If ``value`` or ``weight`` is neither a real number nor a real tensor.
             ValueError: If a tensor is on another device than the metric, or ``weight`` does not broadcast to
@@ -74,20 +78,49 @@ class WeightedSums(WindowMetric):
             TorchMetricsUserError: If the metric is synchronised.
         """
         device = self._device  # torchmetrics' attribute behind the `device` property
-        checked = check_value(value, device)
+        checked: Union[float, Tensor]
+        if isinstance(value, Tensor) and not value.dtype.is_complex and value.device == device:
+            checked = value  # what check_value returns for it
+        else:
+            checked = check_value(value, device)
         if not isinstance(weight, float):  # a float, the default, needs no check
             weight = check_weight(weight, checked, device)
-        self._before_update()
+        if self._is_synced or self._probe_lightning:  # what _before_update checks, without calling it
+            self._before_update()
         if isinstance(checked, float):
             if isinstance(weight, float):
                 self._add_number(checked, weight)
                 return
             checked = torch.scalar_tensor(checked, dtype=torch.float64, device=device)
-        if checked.requires_grad or (isinstance(weight, Tensor) and weight.requires_grad):
+        if isinstance(weight, float):
+            if not checked.requires_grad and self._nans.propagates:  # the commonest update
+                elements = checked.numel()
+                if elements:  # _add_values, inlined
+                    summed = checked if not checked.dim() else checked.sum(dtype=torch.float64)
+                    if weight == 1.0:
+                        self.value_sum.add_(summed)
+                    else:
+                        self.value_sum.add_(summed, alpha=weight)
+                    self.__dict__["_number_weights"] = self._number_weights + weight * elements
+                return
+        elif checked.requires_grad or weight.requires_grad:
             with torch.no_grad():  # detaching would cost an operation on the device; no_grad costs none
+                self._add_tensor(checked, weight)
+            return
+        if checked.requires_grad:
+            with torch.no_grad():
                 self._add_tensor(checked, weight)
         else:
             self._add_tensor(checked, weight)
+
+    def _add_values(self, value: Tensor, weight: float, elements: int) -> None:
+        """Add every element of ``value`` (``elements`` of them) with a number ``weight``: 1 operator, 2 per-sample."""
+        summed = value if not value.dim() else value.sum(dtype=torch.float64)
+        if weight == 1.0:  # the default weight: an alpha of 1 changes nothing, and costs about 0.3 µs on the CPU
+            self.value_sum.add_(summed)
+        else:
+            self.value_sum.add_(summed, alpha=weight)
+        self.__dict__["_number_weights"] = self._number_weights + weight * elements
 
     def _add_number(self, value: float, weight: float) -> None:
         """Add a Python-number value with a Python-number weight: one operator, with the weight on the host."""
@@ -106,8 +139,7 @@ class WeightedSums(WindowMetric):
         if not elements:  # no element: nothing to add, whatever the weight (a NaN one included)
             return
         if isinstance(weight, float) and nans.propagates:  # the commonest update: 1 operator, 2 per-sample
-            self.value_sum.add_(value if not value.dim() else value.sum(dtype=torch.float64), alpha=weight)
-            self.__dict__["_number_weights"] = self._number_weights + weight * elements
+            self._add_values(value, weight, elements)
             return
         floating = value.is_floating_point()  # integers and bools hold no NaN
         if nans.imputes and floating:
@@ -123,8 +155,7 @@ class WeightedSums(WindowMetric):
             self.nan_count.add_(dropped)
             self.__dict__["_number_weights"] = self._number_weights + weight * elements
         else:
-            self.value_sum.add_(value if not value.dim() else value.sum(dtype=torch.float64), alpha=weight)
-            self.__dict__["_number_weights"] = self._number_weights + weight * elements
+            self._add_values(value, weight, elements)
 
     def _add_weighted(self, value: Tensor, weight: Tensor, nans: NanStrategy) -> None:
         """Add ``value`` with a tensor ``weight`` (broadcast to its shape), NaN elements treated as ``nans`` says."""

@@ -78,8 +78,14 @@ class _WindowedExtreme(WindowMetric):
             ValueError: If ``value`` is a tensor on another device than the metric.
             TorchMetricsUserError: If the metric is synchronised.
         """
-        checked = check_value(value, self._device)
-        self._before_update()
+        device = self._device
+        checked: Union[float, Tensor]
+        if isinstance(value, Tensor) and not value.dtype.is_complex and value.device == device:
+            checked = value  # what check_value returns for it, checked inline: the hot path
+        else:
+            checked = check_value(value, device)
+        if self._is_synced or self._probe_lightning:  # what _before_update checks, without calling it
+            self._before_update()
         if isinstance(checked, float):
             self._add_number(checked)
         elif checked.requires_grad:
@@ -107,7 +113,10 @@ class _WindowedExtreme(WindowMetric):
         elements = value.numel()
         if not elements:
             return
-        if not nans.propagates and value.is_floating_point():
+        if nans.propagates:  # the default: the extreme element, NaN included (1 operator, 2 per-sample)
+            self._take(value if not value.dim() else self._reduce(value))
+            return
+        if value.is_floating_point():
             if nans.drops:
                 dropped = torch.isnan(value)
                 self.nan_count.add_(dropped.sum(dtype=torch.float64))
