@@ -9,10 +9,10 @@ of a tensor's value by the host (a synchronisation with the device on a GPU)::
         metric.update(loss)
     counter.ops, counter.host_reads
 
-On the CPU, with ``windowmetrics.scalars.PREFER_HOST = False``, the package keeps its scalars as 0-dim tensors
-as it does on an accelerator; every host read is then counted as the synchronisation it would be on the device
-(nothing here knows which CPU tensors would be accelerator tensors). Used by tests/test_dispatch_counts.py and
-bench/test_dispatch.py.
+The package runs one code path on every device, so what an update dispatches on the CPU is what it dispatches on
+an accelerator; every host read is counted as the synchronisation it would be on the device (nothing here knows
+which CPU tensors would be accelerator tensors), and on an accelerator a copy of a device tensor to the CPU is one
+too. Used by tests/test_dispatch_counts.py, tests/test_cuda.py and bench/test_dispatch.py.
 """
 
 import functools
