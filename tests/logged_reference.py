@@ -5,11 +5,13 @@ batches over which a metric's windows follow each other, from the fit's start or
 the metric. A run's *batches* are its batch positions, each with the records of every process (ranks in order):
 a window covers ``window`` positions and every process's records in them.
 
-When a run starts again follows from what Lightning does (see ``windowmetrics/lightning_reset.py``): at the end
+When a run starts again follows from what Lightning does (see ``windowmetrics/_lightning.py``): at the end
 of each loop it resets every metric it has been given with ``self.log`` in that stage since the fit started
 (a metric logged only at boundaries is not, before its first boundary). Such a reset clears the metric unless
-it was created with ``span_epochs=True``, and always at the end of the sanity check. A reset by user code
-(:class:`Resets`) clears it when a loop starts.
+it was created with ``span_epochs=True``, in which case it clears the since-reset aggregate alone. The sanity
+check leaves every metric as it found it: its batches belong to no run. A reset by user code (:class:`Resets`)
+clears it when a loop starts. Resets happen at loop ends only, so ``compute()`` at a loop's end (what
+``on_epoch=True`` logs) covers the loop's batches, whatever ``span_epochs`` says.
 """
 
 import itertools
@@ -47,6 +49,8 @@ class Series:
     window: int
     call: Callable[[Record], Call]
     value_of: Callable[[list[list[Call]]], float]
+    aggregate_of: Optional[Callable[[list[Call]], float]]
+    """``compute()`` over the calls since the last reset; ``None`` for an EMA, whose ``compute()`` is its average."""
     at_boundaries: bool = False
 
 
@@ -77,11 +81,11 @@ def ema(decay: float) -> Callable[[list[list[Call]]], float]:
 def window_series(window: int) -> dict[str, Series]:
     """The series of :class:`~tests.lightning_support.WindowLoggingModule`, by metric name."""
     return {
-        "loss": Series(window, loss_call, latest_mean),
-        "samples": Series(window, size_call, latest_sum),
-        "ema": Series(window, loss_call, ema(0.5)),
-        "loss_sum": Series(window, unweighted_loss_call, latest_sum),
-        "boundary_loss": Series(window, loss_call, latest_mean, at_boundaries=True),
+        "loss": Series(window, loss_call, latest_mean, mean_of),
+        "samples": Series(window, size_call, latest_sum, sum_of),
+        "ema": Series(window, loss_call, ema(0.5), None),
+        "loss_sum": Series(window, unweighted_loss_call, latest_sum, sum_of),
+        "boundary_loss": Series(window, loss_call, latest_mean, mean_of, at_boundaries=True),
     }
 
 
@@ -93,12 +97,12 @@ def window_epoch_series(window: int) -> dict[str, Series]:
 def collection_series() -> dict[str, Series]:
     """The windowmetrics of :func:`~tests.lightning_support.mixed_metrics`, fed the loss alone."""
     return {
-        "mean3": Series(3, unweighted_loss_call, latest_mean),
-        "mean5": Series(5, unweighted_loss_call, latest_mean),
-        "twin_a": Series(2, unweighted_loss_call, latest_mean),
-        "twin_b": Series(2, unweighted_loss_call, latest_mean),
-        "sum3": Series(3, unweighted_loss_call, latest_sum),
-        "ema2": Series(2, unweighted_loss_call, ema(0.5)),
+        "mean3": Series(3, unweighted_loss_call, latest_mean, mean_of),
+        "mean5": Series(5, unweighted_loss_call, latest_mean, mean_of),
+        "twin_a": Series(2, unweighted_loss_call, latest_mean, mean_of),
+        "twin_b": Series(2, unweighted_loss_call, latest_mean, mean_of),
+        "sum3": Series(3, unweighted_loss_call, latest_sum, sum_of),
+        "ema2": Series(2, unweighted_loss_call, ema(0.5), None),
     }
 
 
@@ -138,15 +142,20 @@ def runs(
     result: list[tuple[Run, int]] = []
     run: Run = []
     logged = False  # whether Lightning has been given the metric in this stage, and so resets it at loop ends
-    stage_loops = loops(records_by_rank, stage)
-    for index, loop in enumerate(stage_loops):
-        if index and logged and (not resets.span_epochs or sanity(stage_loops[index - 1])):
+    after_a_loop = False  # whether a loop other than the sanity check has run
+    for loop in loops(records_by_rank, stage):
+        if sanity(loop):  # the sanity check's batches reach the metric, which is then put back as it was
+            logged = logged or not series.at_boundaries or bool(_boundaries(len(run), len(loop), series))
+            result.append((run + loop, len(run)))
+            continue
+        if after_a_loop and logged and not resets.span_epochs:
             run = []
         if resets.by_user(loop[0][0]):
             run = []
         run = run + loop
         first = len(run) - len(loop)
         logged = logged or not series.at_boundaries or bool(_boundaries(first, len(loop), series))
+        after_a_loop = True
         result.append((run, first))
     return result
 
@@ -181,8 +190,11 @@ def shown_values(run: Run, first: int, series: Series) -> list[Optional[float]]:
     return [value if boundaries and boundaries[0] <= position else None for position, value in enumerate(values)]
 
 
-def epoch_value(run: Run, series: Series) -> float:
-    """What ``compute()`` gives at the end of the run: the latest window value, or that of the partial window."""
+def epoch_value(run: Run, first: int, series: Series) -> float:
+    """What ``compute()`` gives at the end of the loop that starts at position ``first`` of the run: the value of
+    the loop's batches; for an EMA, the latest average, or the mean of the partial window before the first."""
+    if series.aggregate_of is not None:
+        return series.aggregate_of([series.call(record) for batch in run[first:] for record in batch])
     windows = _windows(run, series, len(run))
     if windows:
         return series.value_of(windows)
@@ -255,12 +267,12 @@ def check_epoch_rows(
     assert len(epoch_rows) == sum(logged)
     for name, one in series.items():
         ends = [
-            run
-            for (run, _), is_logged in zip(runs(records_by_rank, stage, one, resets), logged, strict=True)
+            (run, first)
+            for (run, first), is_logged in zip(runs(records_by_rank, stage, one, resets), logged, strict=True)
             if is_logged
         ]
-        for row, run in zip(epoch_rows, ends, strict=True):
-            assert close(row[column(name)], epoch_value(run, one)), (name, row)
+        for row, (run, first) in zip(epoch_rows, ends, strict=True):
+            assert close(row[column(name)], epoch_value(run, first, one)), (name, row)
 
 
 def columns(template: str, stage: str) -> Columns:

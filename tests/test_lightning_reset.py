@@ -1,10 +1,11 @@
-"""``reset_by_lightning_at_loop_end``: which resets come from Lightning's logger connector, under both its package
-names, checked with Lightning's own ``_ResultMetric`` and on real ``Trainer`` runs.
+"""``lightning_reset_caller``: which resets come from Lightning's logger connector, and which of those from its sanity
+check, under both its package names, checked with Lightning's own ``_ResultMetric`` and on real ``Trainer`` runs.
 
 The probes are torchmetrics metrics that record, at every ``reset()``, what the check answers there; they need
 nothing of windowmetrics but the check.
 """
 
+import functools
 import importlib
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import Metric, MetricCollection
 
 from tests.lightning_support import LIGHTNING_NOISE
-from windowmetrics._lightning import reset_by_lightning_at_loop_end
+from windowmetrics._lightning import lightning_reset_caller
 
 pytestmark = pytest.mark.filterwarnings(*LIGHTNING_NOISE)
 
@@ -34,8 +35,8 @@ class ResetProbe(Metric):
     def __init__(self) -> None:
         super().__init__()
         self.add_state("count", torch.zeros(()), dist_reduce_fx="sum")
-        self.answers: list[bool] = []
-        self.on_reset: Callable[[bool], None] = lambda answer: None
+        self.answers: list[str] = []
+        self.on_reset: Callable[[str], None] = lambda answer: None
 
     def update(self, value: Tensor) -> None:
         self.count = self.count + 1
@@ -44,7 +45,7 @@ class ResetProbe(Metric):
         return self.count
 
     def reset(self) -> None:
-        answer = reset_by_lightning_at_loop_end()
+        answer = lightning_reset_caller(self).name
         self.answers.append(answer)
         self.on_reset(answer)
         super().reset()
@@ -58,6 +59,24 @@ class OverridingProbe(ResetProbe):
 
 
 class DeeperProbe(OverridingProbe):
+    def reset(self) -> None:
+        super().reset()
+
+
+def logged_call(method: Callable[..., None]) -> Callable[..., None]:
+    """A decorator of the kind users wrap around methods: its wrapper frame stands between caller and method."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        method(*args, **kwargs)
+
+    return wrapper
+
+
+class DecoratedProbe(ResetProbe):
+    """A subclass whose ``reset`` is wrapped by a decorator."""
+
+    @logged_call
     def reset(self) -> None:
         super().reset()
 
@@ -98,16 +117,25 @@ def test_a_reset_that_user_code_calls_is_not_lightnings() -> None:
     probe = ResetProbe()
     probe.reset()
     MetricCollection({"probe": probe}).reset()
-    assert probe.answers == [False, False]
+    assert probe.answers == ["OTHER", "OTHER"]
 
 
 @pytest.mark.parametrize("package", PACKAGES)
-@pytest.mark.parametrize("probe_class", [ResetProbe, OverridingProbe, DeeperProbe])
+@pytest.mark.parametrize("probe_class", [ResetProbe, OverridingProbe, DeeperProbe, DecoratedProbe])
 def test_lightnings_result_metric_reset_is_recognised(package: str, probe_class: type[ResetProbe]) -> None:
     probe = probe_class()
     result_metric(package, probe).reset()
     probe.reset()
-    assert probe.answers == [True, False]
+    assert probe.answers == ["LOOP_END", "OTHER"]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_a_decorator_around_the_reset_of_an_instance_is_seen_through(package: str) -> None:
+    probe = ResetProbe()
+    probe.reset = logged_call(probe.reset)  # type: ignore[method-assign]
+    result_metric(package, probe).reset()
+    probe.reset()
+    assert probe.answers == ["LOOP_END", "OTHER"]
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -115,7 +143,7 @@ def test_a_metric_reset_by_a_logged_metric_in_its_own_reset_is_not_reset_by_ligh
     probe = ResetProbe()
     holder = Holder(probe)
     result_metric(package, holder).reset()  # Lightning resets the holder; the holder resets the probe
-    assert probe.answers == [False]
+    assert probe.answers == ["OTHER"]
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -135,22 +163,20 @@ def test_a_result_metric_holding_another_metric_is_not_taken_for_this_ones(packa
 
     holder.value = Resetter()
     holder.reset()
-    assert probe.answers == [False]
+    assert probe.answers == ["OTHER"]
 
 
 def test_depth_names_the_frame_of_the_metrics_reset() -> None:
-    def reset() -> bool:
+    probe = ResetProbe()
+
+    def reset() -> str:
         return helper()
 
-    def helper() -> bool:
-        return reset_by_lightning_at_loop_end(depth=2)
+    def helper() -> str:
+        return lightning_reset_caller(probe, depth=3).name
 
-    assert reset() is False
-    assert reset_by_lightning_at_loop_end(depth=10_000) is False  # deeper than the stack
-    with pytest.raises(ValueError, match="depth must be >= 1"):
-        reset_by_lightning_at_loop_end(depth=0)
-    with pytest.raises(TypeError, match="depth must be an int"):
-        reset_by_lightning_at_loop_end(depth=True)
+    assert reset() == "OTHER"
+    assert lightning_reset_caller(probe, depth=10_000).name == "OTHER"  # deeper than the stack
 
 
 def probe_module_class(package: str) -> type:
@@ -164,12 +190,12 @@ def probe_module_class(package: str) -> type:
             self.train_probe = OverridingProbe()
             self.val_probe = ResetProbe()
             self.val_collection = MetricCollection({"probe": ResetProbe()}, prefix="val/collection/")
-            self.resets: list[tuple[str, bool, bool, int]] = []
+            self.resets: list[tuple[str, str, bool, int]] = []
             for name, probe in [("train", self.train_probe), ("val", self.val_probe)]:
                 probe.on_reset = self.recorder(name)
 
-        def recorder(self, name: str) -> Callable[[bool], None]:
-            def record(answer: bool) -> None:
+        def recorder(self, name: str) -> Callable[[str], None]:
+            def record(answer: str) -> None:
                 trainer = self._trainer
                 sanity = trainer is not None and trainer.sanity_checking
                 self.resets.append((name, answer, sanity, -1 if trainer is None else trainer.current_epoch))
@@ -225,18 +251,19 @@ def test_on_a_real_fit_only_lightnings_loop_end_resets_outside_the_sanity_check_
         default_root_dir=tmp_path,
     )
     trainer.fit(module)
-    sanity = [("val", False, True, 0)] * 2  # at the end of the sanity check's validation run, and after it
-    validation_end = ("val", True, False)
+    sanity = [("val", "SANITY_CHECK", True, 0)] * 2  # at the end of the sanity check's validation run, and after it
+    validation_end = ("val", "LOOP_END", False)
     assert module.resets == [
         *sanity,
         (*validation_end, 0),
         (*validation_end, 0),
-        ("train", True, False, 0),  # Lightning's, at the end of epoch 0
-        ("train", False, False, 1),  # the user's, in on_train_epoch_start of epoch 1
+        ("train", "LOOP_END", False, 0),  # Lightning's, at the end of epoch 0
+        ("train", "OTHER", False, 1),  # the user's, in on_train_epoch_start of epoch 1
         (*validation_end, 1),
         (*validation_end, 1),
-        ("train", True, False, 1),
+        ("train", "LOOP_END", False, 1),
     ]
     # the collection's member: the sanity check's two resets, four validation ends and the user's reset (in
     # epoch 1, after the two validation ends of epoch 0 and before the two of epoch 1)
-    assert collection_probe.answers == [False, False, True, True, False, True, True]
+    loop_end = ["LOOP_END", "LOOP_END"]
+    assert collection_probe.answers == ["SANITY_CHECK", "SANITY_CHECK", *loop_end, "OTHER", *loop_end]

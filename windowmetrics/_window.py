@@ -14,7 +14,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 from torchmetrics.utilities.exceptions import TorchMetricsUserError
 from torchmetrics.utilities.plot import _AX_TYPE, _PLOT_OUT_TYPE
 
-from windowmetrics._checkpoint import Absent, Position, load_position, save_position
+from windowmetrics._checkpoint import FIELD_PREFIX, Absent, Position, load_position, save_position
 from windowmetrics._distributed import GatherFn
 from windowmetrics._lightning import LightningReset, lightning_reset_caller, lightning_sanity_checking
 from windowmetrics._validation import check_flag, check_window, describe
@@ -404,6 +404,15 @@ class WindowMetric(Metric, ABC):
         if any(self._persistent.values()):
             self._before_saving()
             save_position(self._position_now(), destination, prefix)
+            for name, number in self._extra_fields().items():
+                destination[f"{prefix}{FIELD_PREFIX}{name}"] = torch.tensor(number, dtype=torch.int64)
+
+    def _extra_fields(self) -> dict[str, int]:
+        """Name the counts that a subclass saves beside the position, each a non-negative int (none here)."""
+        return {}
+
+    def _load_extra_fields(self, fields: dict[str, int], own_rank: bool) -> None:
+        """Take the counts that :meth:`_extra_fields` saved, after the states are loaded (nothing here)."""
 
     def _before_saving(self) -> None:
         """Bring the registered states up to date before torchmetrics copies them (nothing here)."""
@@ -446,6 +455,9 @@ class WindowMetric(Metric, ABC):
             )
             return
         position, own_rank = loaded
+        extra = self._take_extra_fields(state_dict, prefix, error_msgs)
+        if extra is None:
+            return
         if not own_rank:
             for key in self._rank_local_states():
                 state_dict.pop(prefix + key, None)
@@ -454,12 +466,44 @@ class WindowMetric(Metric, ABC):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
         self._own_loaded_states()
+        self._load_extra_fields(extra, own_rank)
         attributes = self.__dict__
         attributes["_position"] = position.position
         attributes["_updates"] = position.updates
         attributes["_at_boundary"], attributes["_has_latest"] = position.at_boundary, position.has_latest
         attributes["_computed"] = attributes["_presented"] = attributes["_sanity_snapshot"] = None
         attributes["_probe_lightning"] = True
+
+    def _take_extra_fields(
+        self, state_dict: dict[str, Any], prefix: str, error_msgs: list[str]
+    ) -> Optional[dict[str, int]]:
+        """Check and take the entries of :meth:`_extra_fields` out of ``state_dict``; ``None`` if one is refused.
+
+        A refusal adds an error naming the key and removes this metric's entries, so that nothing of it loads.
+        """
+        fields: dict[str, int] = {}
+        for name in self._extra_fields():
+            key = f"{prefix}{FIELD_PREFIX}{name}"
+            value = state_dict.pop(key, None)
+            if (
+                not isinstance(value, Tensor)
+                or value.numel() != 1
+                or value.dtype.is_floating_point
+                or value.dtype.is_complex
+                or value.dtype == torch.bool
+                or int(value.item()) < 0
+            ):
+                for other in [other for other in state_dict if other.startswith(prefix)]:
+                    del state_dict[other]
+                got = "nothing" if value is None else describe(value)
+                if isinstance(value, Tensor) and value.numel() == 1 and not value.dtype.is_floating_point:
+                    got = str(int(value.item()))
+                error_msgs.append(
+                    f"{key}: expected a 1-element integer tensor >= 0, got {got}; {type(self).__name__} left unchanged"
+                )
+                return None
+            fields[name] = int(value.item())
+        return fields
 
     def _saved_states(self) -> list[str]:
         """Name the registered states that ``state_dict()`` saves with ``persistent(True)``."""

@@ -104,6 +104,10 @@ class Windowed(WindowMetric):
         tensor(0.5000)
     """
 
+    metric: Metric
+    since_reset: Metric
+    carried: Metric
+
     def __init__(self, metric: Metric, window: int, *, span_epochs: bool = False) -> None:
         metric = check_metric(metric)
         super().__init__(window, span_epochs)
@@ -111,6 +115,10 @@ class Windowed(WindowMetric):
         self.since_reset = deepcopy(metric)
         self.since_reset.reset()
         self._merges = merges_exactly(metric)
+        # The part of the window in progress from before the last reset that cleared the aggregate alone (a
+        # spanning metric's epoch end), where windows are merged into the aggregate: it belongs to the window,
+        # not to the aggregate.
+        self.carried = deepcopy(self.since_reset)
         # The wrapped metric's value over the latest window: the same on every process, never reduced.
         self.add_state("latest", torch.zeros(()), dist_reduce_fx=None)
 
@@ -141,7 +149,12 @@ class Windowed(WindowMetric):
         return self.window_value
 
     def _close_window(self) -> Tensor:
-        value = self._value_of(self.metric)
+        if self.carried._update_count:
+            whole = deepcopy(self.carried)
+            self._merge_into(whole, self.metric)
+            value = self._value_of(whole)
+        else:
+            value = self._value_of(self.metric)
         if self._merges:
             self._merge_into(self.since_reset, self.metric)
         return value
@@ -181,13 +194,17 @@ class Windowed(WindowMetric):
 
     def _clear_window(self) -> None:
         self.metric.reset()
+        self.carried.reset()
 
     def _clear_aggregate(self) -> None:
+        if self._merges and self.metric._update_count:  # the window's updates so far stay out of the aggregate
+            self._merge_into(self.carried, self.metric)
+            self.metric.reset()
         self.since_reset.reset()
 
     def _after_reset(self) -> None:
-        self.metric.reset()
-        self.since_reset.reset()
+        for metric in (self.metric, self.since_reset, self.carried):
+            metric.reset()
 
     def _rank_local_states(self) -> tuple[str, ...]:
         return tuple(
@@ -197,9 +214,23 @@ class Windowed(WindowMetric):
             for state in module._defaults
         )
 
+    def _extra_fields(self) -> dict[str, int]:
+        """Return the update counts of the wrapped metrics, which torchmetrics does not save.
+
+        Whether the part of the window from before the last epoch-end reset is empty, say, follows from them.
+        """
+        return {f"{name}_updates": metric._update_count for name, metric in self._wrapped().items()}
+
+    def _load_extra_fields(self, fields: dict[str, int], own_rank: bool) -> None:
+        for name, metric in self._wrapped().items():
+            metric._update_count = fields[f"{name}_updates"] if own_rank else 0
+
+    def _wrapped(self) -> dict[str, Metric]:
+        return {"metric": self.metric, "since_reset": self.since_reset, "carried": self.carried}
+
     def _forget_rank_local_states(self) -> None:
-        self.metric.reset()
-        self.since_reset.reset()
+        for metric in (self.metric, self.since_reset, self.carried):
+            metric.reset()
 
     def _saved_states(self) -> list[str]:
         """Name the states that ``state_dict()`` saves: the window's, and the wrapped metrics' persistent ones."""
@@ -236,7 +267,7 @@ class Windowed(WindowMetric):
         torchmetrics would cast the wrapped metric's states with the module (``.to(torch.bfloat16)``,
         Lightning's ``*-true`` precisions), as it casts its own metrics'; a window's metric keeps its precision.
         """
-        wrapped = {name: self._modules.pop(name) for name in ("metric", "since_reset")}  # out of fn's reach
+        wrapped = {name: self._modules.pop(name) for name in ("metric", "since_reset", "carried")}  # out of reach
         try:
             this = super()._apply(fn, exclude_state)
         finally:
@@ -249,8 +280,8 @@ class Windowed(WindowMetric):
     def persistent(self, mode: bool = False) -> None:
         """Say whether ``state_dict()`` saves the states, the wrapped metric's included."""
         super().persistent(mode)
-        self.metric.persistent(mode)
-        self.since_reset.persistent(mode)
+        for metric in (self.metric, self.since_reset, self.carried):
+            metric.persistent(mode)
 
     def _load_from_state_dict(
         self,
