@@ -1,10 +1,9 @@
 """torch.compile: a compiled training step that updates a metric compiles once and never recompiles.
 
 A step compiled with ``torch.compile`` calls ``metric.update(loss)`` (or ``metric(loss)``) at every call, over
-several windows, on both representations of the sums (Python floats on the CPU, 0-dim tensors as on an
-accelerator, see :mod:`windowmetrics.scalars`). Dynamo guards on what the step reads: a guard that fails at the
-next call (an int attribute that changed, a sum that changed type) recompiles the step at every call, until
-dynamo's ``recompile_limit`` makes it give up and run the step eagerly. The tests check that
+several windows, for every class (the one code path that every device runs). Dynamo guards on what the step reads:
+a guard that fails at the next call (an int attribute that changed, a state that changed type) recompiles the step
+at every call, until dynamo's ``recompile_limit`` makes it give up and run the step eagerly. The tests check that
 
 - no call recompiles anything, and nothing is compiled once the first window has closed and the next begun;
 - every value is the window's value, computed independently from the same losses;
@@ -29,7 +28,7 @@ from torch import Tensor
 from torch._dynamo.utils import counters
 from torch._logging import set_logs  # type: ignore[attr-defined]  # documented, re-exported without __all__
 
-from windowmetrics import EMALoss, WindowedMean, WindowedSum, scalars
+from windowmetrics import EMALoss, WindowedMax, WindowedMean, WindowedMin, WindowedSum
 from windowmetrics._window import WindowMetric
 
 BACKEND = "eager"
@@ -40,17 +39,17 @@ METRICS: dict[str, Callable[[], WindowMetric]] = {
     "WindowedMean": lambda: WindowedMean(WINDOW),
     "WindowedSum": lambda: WindowedSum(WINDOW),
     "EMALoss": lambda: EMALoss(DECAY, window=WINDOW),
+    "WindowedMax": lambda: WindowedMax(WINDOW),
+    "WindowedMin": lambda: WindowedMin(WINDOW),
 }
-PATHS = {"host": True, "accelerator": False}
-"""The value of ``windowmetrics.scalars.PREFER_HOST`` for each path."""
 SHAPES: dict[str, tuple[int, ...]] = {"0-dim": (), "256": (256,)}
 
-GRAPH_BREAKS: dict[str, int] = {"host": 2, "accelerator": 2}
+GRAPH_BREAKS = 2
 """At most this many graph breaks on the path of one call, counted as dynamo counts them. ``update`` and
-``forward`` run outside the graph (a ``torch.compiler.disable``'d call, windowmetrics/compile.py), by design:
+``forward`` run outside the graph (a ``torch.compiler.disable``'d call, windowmetrics/_compile.py), by design:
 their window position is Python state that the graph would be specialised on. That one break, a call deep
 into the step, breaks each enclosing frame: the step and ``update`` count 2."""
-DISTINCT_GRAPH_BREAKS: dict[str, int] = {"host": 1, "accelerator": 1}
+DISTINCT_GRAPH_BREAKS = 1
 """At most this many different graph breaks (place and reason) on the path of one call."""
 
 _RECOMPILES = "torch._dynamo.guards.__recompiles"
@@ -125,9 +124,15 @@ def make_step(metric: WindowMetric, operation: str) -> Callable[[Tensor], Option
 
 
 def window_value(metric_name: str, losses: list[Tensor]) -> float:
-    """The value of a window of these losses (its partial value before it completes), in float64."""
+    """The value of a window of these losses (or of any run of updates), in float64."""
     values = torch.cat([loss.double().reshape(-1) for loss in losses])
-    return float(values.sum() if metric_name == "WindowedSum" else values.mean())
+    if metric_name == "WindowedSum":
+        return float(values.sum())
+    if metric_name == "WindowedMax":
+        return float(values.max())
+    if metric_name == "WindowedMin":
+        return float(values.min())
+    return float(values.mean())
 
 
 def latest_value(metric_name: str, losses: list[Tensor]) -> Optional[float]:
@@ -145,6 +150,15 @@ def latest_value(metric_name: str, losses: list[Tensor]) -> Optional[float]:
     means = [window_value("WindowedMean", window) for window in windows]
     weights = [DECAY ** (complete - 1 - index) for index in range(complete)]
     return sum(weight * mean for weight, mean in zip(weights, means, strict=True)) / sum(weights)
+
+
+def computed_value(metric_name: str, losses: list[Tensor]) -> float:
+    """What ``compute()`` returns after these losses: the value of them all; for ``EMALoss``, the latest average
+    (the mean of the window in progress before the first window completes)."""
+    latest = latest_value(metric_name, losses)
+    if metric_name == "EMALoss" and latest is not None:
+        return latest
+    return window_value(metric_name, losses)
 
 
 def assert_value(actual: Optional[Tensor], expected: Optional[float], where: str) -> None:
@@ -171,18 +185,15 @@ RECOMPILE_CASES = [
     (metric_name, shape)
     for metric_name in METRICS
     for shape in SHAPES
-    if shape == "0-dim" or metric_name == "WindowedMean"
+    if shape == "0-dim" or metric_name in ("WindowedMean", "WindowedMax")
 ]
-"""Every metric on a 0-dim loss; WindowedMean on a per-sample loss too (the others add the same way)."""
+"""Every metric on a 0-dim loss; WindowedMean and WindowedMax on a per-sample loss too (the others add the same
+way as one of them)."""
 
 
 @pytest.mark.parametrize("operation", ["update", "forward"])
-@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize(("metric_name", "shape"), RECOMPILE_CASES)
-def test_a_compiled_step_never_recompiles(
-    dynamo: DynamoLog, monkeypatch: pytest.MonkeyPatch, metric_name: str, path: str, operation: str, shape: str
-) -> None:
-    monkeypatch.setattr(scalars, "PREFER_HOST", PATHS[path])
+def test_a_compiled_step_never_recompiles(dynamo: DynamoLog, metric_name: str, operation: str, shape: str) -> None:
     metric = METRICS[metric_name]()
     step = torch.compile(make_step(metric, operation), backend=BACKEND)
     generator = torch.Generator().manual_seed(CALLS)
@@ -192,11 +203,9 @@ def test_a_compiled_step_never_recompiles(
         returned = step(loss)
         frames.append(counters["frames"]["total"])
         seen = losses[: index + 1]
-        latest = latest_value(metric_name, seen)
         if operation == "forward":
-            assert_value(returned, latest, f"call {index + 1}, forward")
-        expected = latest if latest is not None else window_value(metric_name, seen)
-        assert_value(metric.compute(), expected, f"call {index + 1}, compute()")
+            assert_value(returned, latest_value(metric_name, seen), f"call {index + 1}, forward")
+        assert_value(metric.compute(), computed_value(metric_name, seen), f"call {index + 1}, compute()")
     recompiles = "\n".join(f"  {recompiled(message)}" for message in dynamo.recompiles)
     assert not dynamo.recompiles, f"{len(dynamo.recompiles)} recompilations:\n{recompiles}"
     assert frames[WINDOW] == frames[-1], f"frames compiled after each call: {frames}"
@@ -204,12 +213,8 @@ def test_a_compiled_step_never_recompiles(
 
 @pytest.mark.parametrize("at_boundary", [False, True], ids=["inside a window", "at a boundary"])
 @pytest.mark.parametrize("operation", ["update", "forward"])
-@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("metric_name", list(METRICS))
-def test_graph_breaks_per_call(
-    dynamo: DynamoLog, monkeypatch: pytest.MonkeyPatch, metric_name: str, path: str, operation: str, at_boundary: bool
-) -> None:
-    monkeypatch.setattr(scalars, "PREFER_HOST", PATHS[path])
+def test_graph_breaks_per_call(dynamo: DynamoLog, metric_name: str, operation: str, at_boundary: bool) -> None:
     metric = METRICS[metric_name]()
     loss = torch.tensor(0.25)
     for _ in range(WINDOW + (WINDOW - 1 if at_boundary else 0)):  # a window, then up to this call's place
@@ -218,7 +223,66 @@ def test_graph_breaks_per_call(
     step(loss)
     assert metric.at_boundary == at_boundary
     breaks = sum(counters["graph_break"].values())
-    print(f"\n{metric_name}, {path} path, {operation}, {'at a boundary' if at_boundary else 'inside a window'}:")
+    print(f"\n{metric_name}, {operation}, {'at a boundary' if at_boundary else 'inside a window'}:")
     print(f"  {breaks} graph break(s)\n{describe(dynamo)}")
-    assert breaks <= GRAPH_BREAKS[path], describe(dynamo)
-    assert len(set(dynamo.graph_breaks)) <= DISTINCT_GRAPH_BREAKS[path], describe(dynamo)
+    assert breaks <= GRAPH_BREAKS, describe(dynamo)
+    assert len(set(dynamo.graph_breaks)) <= DISTINCT_GRAPH_BREAKS, describe(dynamo)
+
+
+@pytest.mark.parametrize("operation", ["update", "forward"])
+def test_two_metrics_that_share_their_code_recompile_once_and_fullgraph_cannot_hold_a_metric_call(
+    dynamo: DynamoLog, operation: str
+) -> None:
+    """What a compiled step that calls several window metrics costs, and why ``fullgraph=True`` cannot compile it.
+
+    - A step that calls two window metrics whose ``update`` (``forward``) is the same function recompiles that
+      function once, on the step's first call, and never again. Dynamo compiles the function for the first
+      metric's class, guarded on ``type(self)``; the second metric's class fails that guard. ``WindowedMax`` and
+      ``WindowedMin`` are such a pair: both inherit ``update`` and ``forward`` from the same base class. Metrics
+      of one class (two ``WindowedMean`` metrics of different windows, say) share the compiled code without
+      recompiling, and metrics whose classes define their own ``update`` and ``forward`` (``WindowedMean`` beside
+      ``WindowedSum``, ``EMALoss`` or ``WindowedMax``) each compile once, with no recompilation.
+    - ``torch.compile(step, fullgraph=True)`` raises ``torch._dynamo.exc.Unsupported`` on the first call of a step
+      that calls a window metric: ``update`` and ``forward`` run eagerly, outside the graph, behind a
+      ``torch.compiler.disable``'d call (windowmetrics/_compile.py), because the window's position is Python
+      state that a graph would be specialised on. A graph break is what they cost; ``fullgraph=True`` forbids
+      graph breaks. Compile the model's forward with ``fullgraph=True`` and call the metric outside it.
+    """
+    pair = (WindowedMax(WINDOW), WindowedMin(WINDOW))
+
+    def both(loss: Tensor) -> Tensor:
+        for metric in pair:
+            metric(loss) if operation == "forward" else metric.update(loss)
+        return loss * 2
+
+    compiled = torch.compile(both, backend=BACKEND)
+    generator = torch.Generator().manual_seed(1)
+    losses = [torch.rand((), generator=generator) for _ in range(CALLS)]
+    per_call = []
+    for loss in losses:
+        before = len(dynamo.recompiles)
+        compiled(loss)
+        per_call.append(len(dynamo.recompiles) - before)
+    assert per_call == [1] + [0] * (CALLS - 1), per_call
+    assert recompiled(dynamo.recompiles[0]).startswith(f"{operation} in "), dynamo.recompiles[0]
+    assert_value(pair[0].window_value, latest_value("WindowedMax", losses), "WindowedMax")
+    assert_value(pair[1].window_value, latest_value("WindowedMin", losses), "WindowedMin")
+
+    torch._dynamo.reset()
+    dynamo.recompiles.clear()
+    others = (WindowedMean(WINDOW), WindowedMean(2 * WINDOW), WindowedSum(WINDOW), EMALoss(DECAY, window=WINDOW))
+
+    def several(loss: Tensor) -> Tensor:
+        for metric in others:
+            metric(loss) if operation == "forward" else metric.update(loss)
+        return loss * 2
+
+    compiled = torch.compile(several, backend=BACKEND)
+    for loss in losses:
+        compiled(loss)
+    assert not dynamo.recompiles, [recompiled(message) for message in dynamo.recompiles]
+
+    torch._dynamo.reset()
+    full = torch.compile(make_step(WindowedMean(WINDOW), operation), backend=BACKEND, fullgraph=True)
+    with pytest.raises(torch._dynamo.exc.Unsupported, match=r"torch\.compiler\.disable"):
+        full(losses[0])
