@@ -2,36 +2,52 @@
 
 Every scenario is deterministic: its inputs are generated from its name and seed, identically in the processes
 (which each feed their own rank's inputs) and in the test process (which computes the reference values from
-all ranks' inputs). The processes record what the metrics returned and which collectives they issued, as plain
-Python values; they check nothing themselves.
+all ranks' inputs). The processes record what the metrics returned, what they raised and warned, and which
+collectives they issued, as plain Python values; they check nothing themselves.
 """
 
+import functools
+import math
 import random
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from torchmetrics import MeanSquaredError, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from tests.collectives import Collective, CollectiveLog
 from tests.process_group import WORLD_SIZE
 from tests.reference import random_calls
-from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum, scalars
-from windowmetrics._weighted_sums import WeightedSums
+from windowmetrics import EMALoss, Windowed, WindowedMax, WindowedMean, WindowedMin, WindowedSum
 from windowmetrics._window import WindowMetric
 
 Args = tuple[Any, ...]
 """The arguments of one ``update``/``forward`` call."""
 
-VALUE_KINDS = ("mean", "sum", "ema")
+SUM_KINDS = ("mean", "sum", "ema")
+"""Metrics of weighted sums: a boundary is one ``all_reduce``."""
+EXTREME_KINDS = ("max", "min")
+"""WindowedMax and WindowedMin: a boundary is one ``all_gather``."""
+VALUE_KINDS = SUM_KINDS + EXTREME_KINDS
 WRAPPED_KINDS = ("accuracy", "mse")
+UNWEIGHTED_KINDS = ("sum", "max", "min")
+"""The kinds whose ``update`` takes the value alone."""
 NUM_CLASSES = 4
+NAN_STRATEGIES: tuple[Any, ...] = ("disable", "ignore", "warn", "error", 2.5)
+"""Every kind of ``nan_strategy``: the four names and a float to impute."""
+NAN_PROBABILITY = 0.12
+"""How often an update of the scenarios with NaN inputs holds a NaN."""
+NAN_SERIES_COUNT = 18
+"""The updates of each series with NaN inputs."""
+
+T = TypeVar("T")
 
 
 # Inputs ---------------------------------------------------------------------------------------------------------
@@ -46,23 +62,33 @@ class Inputs:
     calls: tuple[list[Args], ...]
 
 
-def make_inputs(name: str, kind: str, count: Optional[int] = None, window: Optional[int] = None) -> Inputs:
-    """Return random inputs for metrics of ``kind``, the same for the same ``name`` in every process."""
+@functools.cache
+def make_inputs(
+    name: str, kind: str, count: Optional[int] = None, window: Optional[int] = None, nans: float = 0.0
+) -> Inputs:
+    """Return random inputs for metrics of ``kind``, the same for the same ``name`` in every process.
+
+    Values are Python numbers and tensors of random shapes and dtypes (``tests.reference.random_calls``); the
+    fraction ``nans`` of them hold a NaN. Made once per process and arguments (nothing changes them).
+    """
     rng = random.Random(name)
     window = window or rng.randint(1, 6)
     count = count or rng.randint(1, 24)
     decay = rng.choice([0.0, 0.5, 0.9])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(rng.randrange(2**32))
-        calls = tuple(_random_args(kind, rng, count) for _ in range(WORLD_SIZE))
+        calls = tuple(_random_args(kind, rng, count, nans) for _ in range(WORLD_SIZE))
     return Inputs(window, decay, calls)
 
 
-def _random_args(kind: str, rng: random.Random, count: int) -> list[Args]:
-    if kind in ("mean", "ema"):
-        return list(random_calls(rng, count))  # (value, weight)
-    if kind == "sum":
-        return [(value,) for value, _ in random_calls(rng, count, weighted=False)]
+def _random_args(kind: str, rng: random.Random, count: int, nans: float) -> list[Args]:
+    if kind in VALUE_KINDS:
+        pairs = random_calls(rng, count, weighted=kind not in UNWEIGHTED_KINDS)
+        if nans:
+            pairs = [
+                (_with_nan(value, rng), weight) if rng.random() < nans else (value, weight) for value, weight in pairs
+            ]
+        return [(value,) if kind in UNWEIGHTED_KINDS else (value, weight) for value, weight in pairs]
     calls: list[Args] = []
     for _ in range(count):
         size = rng.randint(1, 8)  # different batch sizes on each process
@@ -73,15 +99,32 @@ def _random_args(kind: str, rng: random.Random, count: int) -> list[Args]:
     return calls
 
 
-def make_metric(kind: str, inputs: Inputs, **kwargs: Any) -> WindowMetric:
+def _with_nan(value: Any, rng: random.Random) -> Any:
+    """Return ``value`` with one element made NaN (an integer or bool tensor becomes float64 for it; an empty tensor
+    holds no element and stays as it is), with the shape it had, so that its weight still broadcasts to it."""
+    if not isinstance(value, Tensor):
+        return math.nan
+    if not value.numel():
+        return value
+    value = value.clone() if value.is_floating_point() else value.to(torch.float64)
+    value.view(-1)[rng.randrange(value.numel())] = math.nan
+    return value
+
+
+def make_metric(kind: str, inputs: Inputs, nan_strategy: Any = "disable", **kwargs: Any) -> WindowMetric:
     """Return a fresh metric of ``kind``; ``kwargs`` are torchmetrics' (of the wrapped metric for ``Windowed``)."""
     window = inputs.window
     if kind == "mean":
-        return WindowedMean(window, **kwargs)
+        return WindowedMean(window, nan_strategy=nan_strategy, **kwargs)
     if kind == "sum":
-        return WindowedSum(window, **kwargs)
+        return WindowedSum(window, nan_strategy=nan_strategy, **kwargs)
     if kind == "ema":
-        return EMALoss(inputs.decay, window=window, **kwargs)
+        return EMALoss(inputs.decay, window=window, nan_strategy=nan_strategy, **kwargs)
+    if kind == "max":
+        return WindowedMax(window, nan_strategy=nan_strategy, **kwargs)
+    if kind == "min":
+        return WindowedMin(window, nan_strategy=nan_strategy, **kwargs)
+    assert nan_strategy == "disable", "a wrapped metric takes no nan_strategy here"
     return Windowed(_bare_metric(kind, **kwargs), window)
 
 
@@ -91,12 +134,25 @@ def _bare_metric(kind: str, **kwargs: Any) -> Metric:
     return MeanSquaredError(**kwargs)
 
 
+# A user's dist_sync_fn ------------------------------------------------------------------------------------------
+
+GATHER_CALLS: list[int] = [0]
+"""How often :func:`counting_gather` was called in this process."""
+
+
+def counting_gather(tensor: Tensor, group: Optional[Any] = None) -> list[Tensor]:
+    """A user's ``dist_sync_fn``: torchmetrics' ``gather_all_tensors``, counted."""
+    GATHER_CALLS[0] += 1
+    return gather_all_tensors(tensor, group=group)
+
+
 # Specifications of the series ---------------------------------------------------------------------------------
 
 
-SYNCS = ("world", "custom", "rank0", "off")
+SYNCS = ("world", "custom", "rank0", "off", "fn")
 """How a series synchronises: over the default group, over a new group of both processes, over a group of rank 0
-alone (rank 1 runs nothing), or not at all (``sync_on_compute=False``)."""
+alone (rank 1 runs nothing), not at all (``sync_on_compute=False``), or through a user's ``dist_sync_fn``
+(:func:`counting_gather`) over the default group."""
 
 
 @dataclass(frozen=True)
@@ -107,15 +163,20 @@ class SeriesSpec:
     seed: int
     use_forward: bool
     sync: str = "world"
-    host: bool = True  # keep the scalars of CPU inputs as Python floats (the default) or as 0-dim tensors
+    nan_strategy: Any = "disable"
+    nans: bool = False  # whether some inputs hold a NaN
 
     @property
     def name(self) -> str:
         call = "forward" if self.use_forward else "update"
-        return f"{self.kind}-{self.seed}-{call}-{self.sync}-{'host' if self.host else 'tensor'}"
+        nans = f"-nans-{self.nan_strategy}" if self.nans else ""
+        return f"{self.kind}-{self.seed}-{call}-{self.sync}{nans}"
 
     @property
     def inputs(self) -> Inputs:
+        if self.nans:  # long enough for windows with and without a NaN
+            name = f"series-{self.kind}-{self.seed}-nans"
+            return make_inputs(name, self.kind, count=NAN_SERIES_COUNT, window=1 + self.seed % 4, nans=NAN_PROBABILITY)
         return make_inputs(f"series-{self.kind}-{self.seed}", self.kind)
 
     def ranks(self) -> range:
@@ -124,15 +185,15 @@ class SeriesSpec:
 
 
 def _series_specs() -> list[SeriesSpec]:
-    specs = []
+    specs: list[SeriesSpec] = []
     for kind in VALUE_KINDS + WRAPPED_KINDS:
-        for seed in range(4):
-            for use_forward in (True, False):
-                specs.append(SeriesSpec(kind, seed, use_forward))
-                if kind in VALUE_KINDS:
-                    specs.append(SeriesSpec(kind, seed, use_forward, host=False))
+        seeds = range(4) if kind in VALUE_KINDS else range(2)  # a wrapped metric's synchronisation is slow
+        specs.extend(SeriesSpec(kind, seed, use_forward) for seed in seeds for use_forward in (True, False))
         for sync in SYNCS[1:]:
             specs.extend(SeriesSpec(kind, seed, seed % 2 == 0, sync) for seed in (10, 11))
+    for kind in VALUE_KINDS:
+        for strategy in NAN_STRATEGIES:
+            specs.extend(SeriesSpec(kind, seed, seed % 2 == 0, "world", strategy, True) for seed in (20, 21, 22))
     return specs
 
 
@@ -141,15 +202,22 @@ SERIES = _series_specs()
 
 @dataclass
 class Step:
-    """What one update of a series returned and issued, then what two ``compute()`` calls did."""
+    """What one update of a series returned, raised and issued, then what two ``compute()`` calls did."""
 
-    returned: Optional[float]  # forward's value, or after update what Lightning logs (the forward cache)
+    returned: Optional[float]  # forward's value (None after update, or if it raised)
+    window_value: Optional[float]  # the property, after the update
+    forward_cache: Optional[float]  # what Lightning logs on step
+    error: str  # what the update raised ("" if nothing)
     at_boundary: bool
-    computed: float
-    recomputed: float
+    computed: Optional[float]  # None if compute() raised
+    compute_error: str
+    recomputed: Optional[float]
+    warned: list[str]  # NaN warnings of the update and of the first compute()
     update_collectives: list[Collective]
     compute_collectives: list[Collective]
     recompute_collectives: list[Collective]
+    update_gathers: int  # calls of the user's dist_sync_fn
+    compute_gathers: int
 
 
 # The scenarios, run in each process ------------------------------------------------------------------------------
@@ -160,10 +228,13 @@ class Results:
     """Everything one process recorded."""
 
     series: dict[str, list[Step]] = field(default_factory=dict)
+    not_made: dict[str, str] = field(default_factory=dict)  # series whose metric could not be made: the error
     bare_compute: dict[tuple[str, str], list[Collective]] = field(default_factory=dict)
-    uneven: dict[str, str] = field(default_factory=dict)
+    one_gather: list[Collective] = field(default_factory=list)  # what one call of counting_gather issues
+    uneven: dict[str, tuple[str, list[Collective]]] = field(default_factory=dict)
+    after_uneven: dict[str, Optional[float]] = field(default_factory=dict)
     collection: dict[bool, "CollectionRun"] = field(default_factory=dict)
-    manual_sync: dict[tuple[str, bool], "ManualSync"] = field(default_factory=dict)
+    manual_sync: dict[str, "ManualSync"] = field(default_factory=dict)
     pickled: dict[str, tuple[Optional[float], float]] = field(default_factory=dict)
 
 
@@ -177,65 +248,76 @@ def worker(rank: int, pickled: dict[str, WindowMetric]) -> Results:
     log.name_group(groups["rank0"], "rank0")
     results = Results()
     results.pickled = pickled_scenario(rank, pickled)
+    results.one_gather = log.during(partial(counting_gather, torch.zeros(5, dtype=torch.float64)))[1]
     for spec in SERIES:
         if rank in spec.ranks():
-            with representation(spec.host):
-                metric = make_metric(spec.kind, spec.inputs, **_sync_kwargs(spec.sync, groups))
-                results.series[spec.name] = run_series(metric, spec.inputs.calls[rank], spec.use_forward, log)
+            kwargs = sync_kwargs(spec.sync, groups)
+            try:
+                metric = make_metric(spec.kind, spec.inputs, spec.nan_strategy, **kwargs)
+            except TypeError as error:  # recorded for the test to report, so that the other scenarios run
+                results.not_made[spec.name] = f"{type(error).__name__}: {error}"
+                continue
+            results.series[spec.name] = run_series(metric, spec.inputs.calls[rank], spec.use_forward, log)
     for kind in WRAPPED_KINDS:
         for sync in SYNCS:
             if rank == 0 or sync != "rank0":
-                results.bare_compute[kind, sync] = bare_compute(kind, rank, _sync_kwargs(sync, groups), log)
-    results.uneven = uneven_scenarios(rank)
+                results.bare_compute[kind, sync] = bare_compute(kind, rank, sync_kwargs(sync, groups), log)
+    results.uneven, results.after_uneven = uneven_scenarios(rank, log)
     results.collection = {use_forward: collection_scenario(rank, use_forward, log) for use_forward in (True, False)}
-    for kind in VALUE_KINDS:
-        for host in (True, False):
-            with representation(host):
-                results.manual_sync[kind, host] = manual_sync_scenario(kind, rank, log)
+    results.manual_sync = {kind: manual_sync_scenario(kind, rank, log) for kind in VALUE_KINDS}
     return results
 
 
-def _sync_kwargs(sync: str, groups: dict[str, Any]) -> dict[str, Any]:
+def sync_kwargs(sync: str, groups: dict[str, Any]) -> dict[str, Any]:
     if sync == "off":
         return {"sync_on_compute": False}
+    if sync == "fn":
+        return {"dist_sync_fn": counting_gather}
     return {"process_group": groups[sync]}
-
-
-@contextmanager
-def representation(host: bool) -> Iterator[None]:
-    """Keep the scalars of CPU inputs as Python floats, or as 0-dim tensors as on an accelerator."""
-    previous = scalars.PREFER_HOST
-    scalars.PREFER_HOST = host
-    try:
-        yield
-    finally:
-        scalars.PREFER_HOST = previous
 
 
 def as_float(value: Optional[Tensor]) -> Optional[float]:
     return None if value is None else float(value)
 
 
+def attempt(action: Callable[[], T]) -> tuple[Optional[T], str]:
+    """Return what ``action()`` returns and ``""``, or ``None`` and what it raised (a RuntimeError or ValueError)."""
+    try:
+        return action(), ""
+    except (RuntimeError, ValueError) as error:
+        return None, f"{type(error).__name__}: {error}"
+
+
 def run_series(metric: WindowMetric, calls: Sequence[Args], use_forward: bool, log: CollectiveLog) -> list[Step]:
-    """Feed the calls; after each, call ``compute()`` twice; record values and collectives."""
+    """Feed the calls; after each, call ``compute()`` twice; record values, errors, warnings and collectives."""
     steps = []
     for args in calls:
-        if use_forward:
-            returned, update_collectives = log.during(partial(metric, *args))
-        else:
-            _, update_collectives = log.during(partial(metric.update, *args))
-            returned = metric._forward_cache
-        computed, compute_collectives = log.during(metric.compute)
-        recomputed, recompute_collectives = log.during(metric.compute)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            gathers = GATHER_CALLS[0]
+            feed = partial(metric, *args) if use_forward else partial(metric.update, *args)
+            (returned, error), update_collectives = log.during(partial(attempt, feed))
+            update_gathers = GATHER_CALLS[0] - gathers
+            gathers = GATHER_CALLS[0]
+            (computed, compute_error), compute_collectives = log.during(partial(attempt, metric.compute))
+            compute_gathers = GATHER_CALLS[0] - gathers
+        (recomputed, _), recompute_collectives = log.during(partial(attempt, metric.compute))
         steps.append(
             Step(
-                as_float(returned),
-                metric.at_boundary,
-                float(computed),
-                float(recomputed),
-                update_collectives,
-                compute_collectives,
-                recompute_collectives,
+                returned=as_float(returned),
+                window_value=as_float(metric.window_value),
+                forward_cache=as_float(metric._forward_cache),
+                error=error,
+                at_boundary=metric.at_boundary,
+                computed=as_float(computed),
+                compute_error=compute_error,
+                recomputed=as_float(recomputed),
+                warned=[str(warning.message) for warning in caught if "NaN" in str(warning.message)],
+                update_collectives=update_collectives,
+                compute_collectives=compute_collectives,
+                recompute_collectives=recompute_collectives,
+                update_gathers=update_gathers,
+                compute_gathers=compute_gathers,
             )
         )
     return steps
@@ -253,34 +335,52 @@ UNEVEN = {
     "a boundary against a partial window": (2, (2, 1)),
 }
 """Scenarios of uneven updates: the window, and each rank's number of updates before ``compute()``."""
+UNEVEN_GATHERS = ("collective", "dist_sync_fn")
+"""The metric's own collective, or a user's ``dist_sync_fn`` (:func:`counting_gather`)."""
 
 
-def uneven_scenarios(rank: int) -> dict[str, str]:
-    """Return, for each kind and scenario of :data:`UNEVEN`, the error that rank's metric raised (or ``""``).
+def uneven_key(kind: str, scenario: str, gather: str) -> str:
+    return f"{kind}: {scenario}, {gather}"
+
+
+def uneven_scenarios(rank: int, log: CollectiveLog) -> tuple[dict[str, tuple[str, list[Collective]]], dict[str, Any]]:
+    """Return, for each kind and scenario of :data:`UNEVEN`, what that rank's metric raised and issued.
 
     Each rank updates a fresh metric as many times as the scenario says, then calls ``compute()``; a rank whose
-    last update closes a window has already issued its collective there. Either way every rank issues exactly
-    one collective, so the scenario cannot hang.
+    last update closes a window raises there, and calls no ``compute()``. Then, in the same processes, a fresh
+    metric of the same kind closes a window (the processes are usable after the error): its value is returned.
     """
-    errors = {}
+    errors: dict[str, tuple[str, list[Collective]]] = {}
+    after: dict[str, Any] = {}
     for kind in VALUE_KINDS:
         for scenario, (window, counts) in UNEVEN.items():
-            inputs = make_inputs(f"uneven-{kind}-{scenario}", kind, count=max(counts), window=window)
-            metric = make_metric(kind, inputs)
-            calls = inputs.calls[rank][: counts[rank]]
-            try:
-                for args in calls:
-                    metric.update(*args)
-                metric.compute()  # the latest window value, with no collective, if the last update closed a window
-            except RuntimeError as error:
-                errors[f"{kind}: {scenario}"] = str(error)
-            else:
-                errors[f"{kind}: {scenario}"] = ""
-    return errors
+            for gather in UNEVEN_GATHERS:
+                kwargs = {"dist_sync_fn": counting_gather} if gather == "dist_sync_fn" else {}
+                inputs = uneven_inputs(kind, scenario)
+                metric = make_metric(kind, inputs, **kwargs)
+                calls = inputs.calls[rank][: counts[rank]]
+
+                def run(metric: WindowMetric = metric, calls: list[Args] = calls) -> None:
+                    for args in calls:
+                        metric.update(*args)
+                    metric.compute()
+
+                (_, error), collectives = log.during(partial(attempt, run))
+                errors[uneven_key(kind, scenario, gather)] = (error, collectives)
+                fresh = make_metric(kind, inputs, **kwargs)
+                for args in inputs.calls[rank][:window]:
+                    fresh.update(*args)
+                after[uneven_key(kind, scenario, gather)] = as_float(fresh.window_value)
+    return errors, after
+
+
+def uneven_inputs(kind: str, scenario: str) -> Inputs:
+    window, counts = UNEVEN[scenario]
+    return make_inputs(f"uneven-{kind}-{scenario}", kind, count=max(*counts, window), window=window)
 
 
 COLLECTION_WINDOW = 3
-COLLECTION_MEMBERS = ("mean", "mean_twin", "sum", "ema")
+COLLECTION_MEMBERS = ("mean", "mean_twin", "sum", "ema", "max", "min")
 """A ``MetricCollection`` of windowmetrics, two of them configured identically (torchmetrics merges those)."""
 
 
@@ -307,6 +407,8 @@ def collection_scenario(rank: int, use_forward: bool, log: CollectiveLog) -> Col
             "mean_twin": WindowedMean(window),
             "sum": WindowedSum(window),  # takes no weight: the collection passes it the value alone
             "ema": EMALoss(inputs.decay, window=window),
+            "max": WindowedMax(window),
+            "min": WindowedMin(window),
         }
     )
     run = CollectionRun([], [], [], [], [])
@@ -322,70 +424,88 @@ def collection_scenario(rank: int, use_forward: bool, log: CollectiveLog) -> Col
     return run
 
 
-SyncedSums = tuple[float, float, float]
+States = dict[str, list[float]]
+"""A metric's registered states other than ``latest``: each ``[window, since reset]``."""
 
 
 @dataclass
 class ManualSync:
-    local: SyncedSums
-    synced: SyncedSums
-    restored: SyncedSums
-    in_context: SyncedSums
-    after_context: SyncedSums
+    local: States
+    synced: States
+    restored: States
+    in_context: States
+    after_context: States
     sync_collectives: list[Collective]
     boundary: Optional[float]  # the window's value, closed by an update after the manual syncs
+    computed: float  # compute() after the boundary: every update since the reset
 
 
 MANUAL_SYNC_WINDOW = 4
+MANUAL_SYNC_COUNT = 2 * MANUAL_SYNC_WINDOW
+MANUAL_SYNC_STRATEGY = "ignore"
+"""The manual syncs come after a window and 3 updates of the next; the inputs hold NaNs, which are counted."""
 
 
 def manual_sync_inputs(kind: str) -> Inputs:
-    return make_inputs(f"manual-sync-{kind}", kind, count=MANUAL_SYNC_WINDOW, window=MANUAL_SYNC_WINDOW)
+    return make_inputs(f"manual-sync-{kind}", kind, count=MANUAL_SYNC_COUNT, window=MANUAL_SYNC_WINDOW, nans=0.3)
 
 
 def manual_sync_scenario(kind: str, rank: int, log: CollectiveLog) -> ManualSync:
-    """Fill all but one update of a window, ``sync()``/``unsync()`` and ``sync_context()``, then close the window."""
+    """Fill a window and all but one update of the next, ``sync()``/``unsync()`` and ``sync_context()``, then
+    close the window."""
     inputs = manual_sync_inputs(kind)
-    metric = make_metric(kind, inputs)
-    assert isinstance(metric, WeightedSums)
+    metric = make_metric(kind, inputs, MANUAL_SYNC_STRATEGY)
     *first, last = inputs.calls[rank]
     for args in first:
         metric.update(*args)
-    local = window_sums(metric)
+    local = registered_states(metric)
     _, sync_collectives = log.during(metric.sync)
-    synced = window_sums(metric)
+    synced = registered_states(metric)
     metric.unsync()
-    restored = window_sums(metric)
+    restored = registered_states(metric)
     with metric.sync_context():
-        in_context = window_sums(metric)
-    after_context = window_sums(metric)
+        in_context = registered_states(metric)
+    after_context = registered_states(metric)
     metric.update(*last)
     boundary = as_float(metric._forward_cache)
-    return ManualSync(local, synced, restored, in_context, after_context, sync_collectives, boundary)
+    return ManualSync(
+        local, synced, restored, in_context, after_context, sync_collectives, boundary, float(metric.compute())
+    )
 
 
-def window_sums(metric: WeightedSums) -> SyncedSums:
-    """Return the registered states ``(value_sum, weight_sum, nan_count)``, as torchmetrics' ``sync`` sees them."""
-    return (float(metric.value_sum), float(metric.weight_sum), float(metric.nan_count))
+def registered_states(metric: WindowMetric) -> States:
+    """Return the registered accumulators (``[window, since reset]`` each), as torchmetrics' ``sync`` sees them.
+
+    The Python-number weights that a metric of weighted sums keeps apart until a synchronisation (they are added
+    to both elements of ``weight_sum``) are added, as ``sync()`` adds them.
+    """
+    states = {
+        key: [float(element) for element in getattr(metric, key)]
+        for key in metric._defaults
+        if key not in ("unshared", "latest", "ema_numerator", "ema_denominator")
+    }
+    pending = float(getattr(metric, "_number_weights", 0.0))
+    if "weight_sum" in states:
+        states["weight_sum"] = [element + pending for element in states["weight_sum"]]
+    return states
 
 
 # Metrics pickled into the processes --------------------------------------------------------------------------------
 
 PICKLED_WINDOW = 5
 PICKLED_BEFORE = 2
+PICKLED_KINDS = ("mean", "max", *WRAPPED_KINDS)
 """The parent's updates of each pickled metric before the spawn; each process adds the rest of the window."""
 
 
 def pickled_metrics() -> dict[str, WindowMetric]:
     """Return fresh metrics to be updated by the parent and pickled into the processes (local values only).
 
-    ``MeanSquaredError`` adds to its states in place (``+=``), so that a state left in the shared memory where
-    ``torch.multiprocessing`` pickles CPU tensors would take both processes' updates; ``MulticlassAccuracy`` and
-    the windowmetrics' own sums replace their states instead.
+    Every windowmetrics state and ``MeanSquaredError``'s are added to in place (``+=``, ``add_``, ``out=``), so
+    that a state left in the shared memory where ``torch.multiprocessing`` pickles CPU tensors would take both
+    processes' updates; ``MulticlassAccuracy`` replaces its states instead.
     """
-    return {
-        kind: make_metric(kind, pickled_inputs(kind)[0], sync_on_compute=False) for kind in ("mean", *WRAPPED_KINDS)
-    }
+    return {kind: make_metric(kind, pickled_inputs(kind)[0], sync_on_compute=False) for kind in PICKLED_KINDS}
 
 
 def pickled_inputs(kind: str) -> tuple[Inputs, list[Args], tuple[list[Args], ...]]:
