@@ -153,7 +153,7 @@ class _WindowedExtreme(WindowMetric):
         ``MinMetric`` return, whatever the strategy.
         """
         statistics = torch.stack((self.extreme[element], self.nan_count[element], self.element_count[element]))
-        extreme, nans, elements = statistics  # views of a copy: clearing the window leaves them
+        extreme, nans, elements = statistics.unbind()  # views of a copy: clearing the window leaves them
         reports = self._nans.reports
         nan_total: Optional[float] = None
         if self.sync_on_compute and not self._is_synced and self.distributed_available_fn():
