@@ -18,7 +18,6 @@ as plain Python values; they check nothing themselves.
 import pickle
 import random
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -32,9 +31,8 @@ from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from tests.collectives import Collective, CollectiveLog
-from tests.distributed_scenarios import representation
 from tests.process_group import TIMEOUT, free_port
-from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum
+from windowmetrics import EMALoss, Windowed, WindowedMax, WindowedMean, WindowedMin, WindowedSum
 from windowmetrics._window import WindowMetric
 
 Args = tuple[Any, ...]
@@ -46,8 +44,9 @@ SPLITS = (2, 4, 6)
 """Updates before the checkpoint: inside the first window, inside the second, at a boundary."""
 DECAY = 0.5
 NUM_CLASSES = 4
-KINDS = ("mean", "sum", "ema", "windowed-mean", "accuracy", "mean-tensor", "ema-tensor")
-"""The ``-tensor`` kinds keep their sums as 0-dim tensors, as on an accelerator, instead of Python floats."""
+KINDS = ("mean", "sum", "ema", "max", "min", "windowed-mean", "accuracy")
+UNWEIGHTED_KINDS = ("sum", "max", "min")
+"""The kinds whose ``update`` takes the value alone."""
 SINGLE = "single"
 """The name of the inputs of the one-process run that saves the ``single`` checkpoints."""
 
@@ -55,24 +54,22 @@ SINGLE = "single"
 def make_metric(kind: str) -> WindowMetric:
     """A fresh metric of ``kind`` with window :data:`WINDOW`, its states persistent."""
     metric: WindowMetric
-    kind = kind.removesuffix("-tensor")
     if kind == "mean":
         metric = WindowedMean(WINDOW)
     elif kind == "sum":
         metric = WindowedSum(WINDOW)
     elif kind == "ema":
         metric = EMALoss(DECAY, window=WINDOW)
+    elif kind == "max":
+        metric = WindowedMax(WINDOW)
+    elif kind == "min":
+        metric = WindowedMin(WINDOW)
     elif kind == "windowed-mean":
         metric = Windowed(MeanMetric(), WINDOW)
     else:
         metric = Windowed(MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro"), WINDOW)
     metric.persistent(True)
     return metric
-
-
-def representation_of(kind: str) -> AbstractContextManager[None]:
-    """Keep the sums of CPU inputs as 0-dim tensors for the ``-tensor`` kinds, as Python floats otherwise."""
-    return representation(not kind.endswith("-tensor"))
 
 
 def make_calls(kind: str, source: object) -> list[Args]:
@@ -87,8 +84,8 @@ def make_calls(kind: str, source: object) -> list[Args]:
             calls.append((preds, torch.randint(NUM_CLASSES, (size,), generator=generator)))
             continue
         values = torch.rand(size, generator=generator, dtype=torch.float64) * 8 - 2
-        if kind == "sum":
-            calls.append((values,))
+        if kind in UNWEIGHTED_KINDS:
+            calls.append((values,) if rng.random() < 0.7 else (float(values[0]),))  # a tensor or a Python number
         else:
             calls.append((values, float(rng.randint(1, 4))))
     return calls
@@ -111,7 +108,8 @@ class Resumed:
     update_count: int  # right after loading
     at_boundary: bool
     latest: Optional[float]  # the forward cache right after loading: what Lightning would log
-    computed: float  # compute() right after loading (before the first window: synchronised, a collective)
+    computed: float  # compute() right after loading: the aggregate since the reset, synchronised (a collective)
+    compute_collectives: list[Collective]
     steps: list[Step]
 
 
@@ -149,18 +147,18 @@ def resume(path: Path, kind: str, calls: Sequence[Args], log: Optional[Collectiv
     state = torch.load(path, weights_only=True)
     load = partial(metric.load_state_dict, state)
     collectives = log.during(load)[1] if log is not None else (load(), [])[1]
-    after_load = (metric.update_count, metric.at_boundary, as_float(metric._forward_cache), float(metric.compute()))
-    return Resumed(collectives, *after_load, feed(metric, calls))
+    after_load = (metric.update_count, metric.at_boundary, as_float(metric._forward_cache))
+    computed, compute_collectives = log.during(metric.compute) if log is not None else (metric.compute(), [])
+    return Resumed(collectives, *after_load, float(computed), compute_collectives, feed(metric, calls))
 
 
 def save_single(directory: Path) -> None:
     """Save the ``single`` checkpoints: from a process without ``torch.distributed`` (the test process)."""
     for kind in KINDS:
         for split in SPLITS:
-            with representation_of(kind):
-                metric = make_metric(kind)
-                feed(metric, make_calls(kind, SINGLE)[:split])
-                torch.save(metric.state_dict(), checkpoint(directory, SINGLE, kind, split))
+            metric = make_metric(kind)
+            feed(metric, make_calls(kind, SINGLE)[:split])
+            torch.save(metric.state_dict(), checkpoint(directory, SINGLE, kind, split))
 
 
 def two_process_worker(rank: int, directory: Path) -> Results:
@@ -171,8 +169,7 @@ def two_process_worker(rank: int, directory: Path) -> Results:
     for kind in KINDS:
         calls = make_calls(kind, rank)
         for split in SPLITS:
-            with representation_of(kind):
-                run_two_process_case(kind, split, rank, calls, directory, log, results)
+            run_two_process_case(kind, split, rank, calls, directory, log, results)
     results.issue = issue_scenario(rank, directory)
     results.with_parameters = with_parameters_scenario(rank, directory)
     return results
@@ -295,9 +292,8 @@ def one_process_resumes(directory: Path, log: Optional[CollectiveLog]) -> Result
         for split in SPLITS:
             rank0 = checkpoint(directory, "rank0", kind, split)
             rank1 = checkpoint(directory, "per-rank", kind, split, rank=1)
-            with representation_of(kind):
-                results.resumed["to-one", kind, split] = resume(rank0, kind, continued[split:], log)
-                results.resumed["to-one-rank1", kind, split] = resume(rank1, kind, continued[split:], log)
+            results.resumed["to-one", kind, split] = resume(rank0, kind, continued[split:], log)
+            results.resumed["to-one-rank1", kind, split] = resume(rank1, kind, continued[split:], log)
     return results
 
 
