@@ -5,6 +5,7 @@ Values are checked against the brute-force references of ``tests/reference.py`` 
 against their values before the cast.
 """
 
+import math
 import random
 from collections.abc import Callable
 from typing import Any, Optional
@@ -14,8 +15,8 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric, Metric, MetricCollection, SumMetric
 
-from tests.reference import Call, ema_of, expected_series, mean_of, sum_of
-from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum
+from tests.reference import Call, elements, ema_of, expected_series, mean_of, sum_of
+from windowmetrics import EMALoss, Windowed, WindowedMax, WindowedMean, WindowedMin, WindowedSum
 from windowmetrics._weighted_sums import WeightedSums
 from windowmetrics._window import WindowMetric
 
@@ -53,8 +54,18 @@ FACTORIES: dict[str, Callable[[], WindowMetric]] = {
     "mean": lambda: WindowedMean(3),
     "sum": lambda: WindowedSum(3),
     "ema": lambda: EMALoss(0.75, window=3),
+    "max": lambda: WindowedMax(3),
+    "min": lambda: WindowedMin(3, nan_strategy="ignore"),
     "windowed": lambda: Windowed(SumMetric(), 3),
 }
+
+
+def max_of(calls: list[Call]) -> float:
+    return max(value for call in calls for value in elements(call)[0])
+
+
+def min_of(calls: list[Call]) -> float:
+    return min(value for call in calls for value in elements(call)[0])
 
 
 def reference_values(name: str, calls: list[Call]) -> tuple[list[Optional[float]], list[float]]:
@@ -64,12 +75,16 @@ def reference_values(name: str, calls: list[Call]) -> tuple[list[Optional[float]
         "mean": lambda windows: mean_of(windows[-1]),
         "sum": lambda windows: sum_of(windows[-1]),
         "ema": lambda windows: ema_of(windows, 0.75),
+        "max": lambda windows: max_of(windows[-1]),
+        "min": lambda windows: min_of(windows[-1]),
         "windowed": lambda windows: sum_of(windows[-1]),
     }[name]
     aggregate_of: Optional[Callable[[list[Call]], float]] = {
         "mean": mean_of,
         "sum": sum_of,
         "ema": None,
+        "max": max_of,
+        "min": min_of,
         "windowed": sum_of,
     }[name]
     return expected_series(calls, window, value_of, aggregate_of)
@@ -167,9 +182,29 @@ def test_float64_sums_stay_float64_and_unrounded(name: str, cast_name: str) -> N
     metric.update(torch.tensor(1 + 2**-40, dtype=torch.float64))
     CASTS[cast_name](Holder(metric))
     assert metric.value_sum.dtype == torch.float64
-    assert metric.value_sum.item() == 1 + 2**-40
+    assert metric.value_sum.shape == (2,)  # [window in progress, since the last reset]
+    assert metric.value_sum.tolist() == [1 + 2**-40, 1 + 2**-40]
     metric.update(torch.tensor(2**-40, dtype=torch.float64))
-    assert metric.value_sum.item() == 1 + 2**-39
+    assert metric.value_sum.tolist() == [1 + 2**-39, 1 + 2**-39]
+    assert all(getattr(metric, key).dtype == torch.float64 for key in metric._defaults)
+
+
+@pytest.mark.parametrize("name", ["max", "min"])
+@pytest.mark.parametrize("cast_name", ["half", "to-bfloat16", "set_dtype-float16", "to-dtype-float16"])
+def test_float64_extremes_stay_float64_and_unrounded(name: str, cast_name: str) -> None:
+    metric = FACTORIES[name]()
+    assert isinstance(metric, (WindowedMax, WindowedMin))
+    sign = 1.0 if name == "max" else -1.0
+    fine = sign * (1 + 2**-40)
+    metric.update(torch.tensor([0.5, fine, -0.5], dtype=torch.float64))
+    CASTS[cast_name](Holder(metric))
+    assert metric.extreme.dtype == torch.float64
+    assert metric.extreme.tolist() == [fine, fine]
+    metric.update(torch.tensor(2 * fine, dtype=torch.float64))
+    assert metric.extreme.tolist() == [2 * fine, 2 * fine]
+    metric.update(0.0)  # closes the window: its value is rounded once, to float32
+    assert metric.extreme.tolist() == [-sign * math.inf, 2 * fine]
+    assert metric.window_value == torch.tensor(2 * fine, dtype=torch.float64).float()
     assert all(getattr(metric, key).dtype == torch.float64 for key in metric._defaults)
 
 
@@ -246,7 +281,9 @@ def test_the_issue_reproducer_mean_and_sum_in_a_float16_collection(cast_name: st
     CASTS[cast_name](collection)
     for x in (1.0, 3.0, 5.0, 7.0):
         collection.update(torch.tensor(x))
-    assert collection.compute() == {"mean": torch.tensor(6.0), "sum": torch.tensor(12.0)}
+    assert collection.compute() == {"mean": torch.tensor(4.0), "sum": torch.tensor(16.0)}  # since the reset
+    assert collection["mean"].window_value == torch.tensor(6.0)  # the latest window: (5, 7)
+    assert collection["sum"].window_value == torch.tensor(12.0)
     assert sorted(collection.compute_groups.values()) == [["mean"], ["sum"]]
 
 
@@ -254,12 +291,12 @@ def ema(decay: float) -> Callable[[list[list[Call]]], float]:
     return lambda windows: ema_of(windows, decay)
 
 
-def compute_after(calls: list[Call], window: int, value_of: Callable[[list[list[Call]]], float]) -> float:
-    """The reference value of ``compute()`` after the calls: that of the latest window, or of the partial one."""
+def latest_window(calls: list[Call], window: int, value_of: Callable[[list[list[Call]]], float]) -> Optional[float]:
+    """The reference window value after the calls: that of the completed windows, or ``None`` before the first."""
     completed = len(calls) // window
-    if completed:
-        return value_of([calls[start * window : (start + 1) * window] for start in range(completed)])
-    return value_of([calls])
+    if not completed:
+        return None
+    return value_of([calls[start * window : (start + 1) * window] for start in range(completed)])
 
 
 def latest_mean(windows: list[list[Call]]) -> float:
@@ -270,40 +307,74 @@ def latest_sum(windows: list[list[Call]]) -> float:
     return sum_of(windows[-1])
 
 
-PAIRS: dict[str, tuple[Callable[[], Metric], Callable[[], Metric], Any, Any, int]] = {
-    # two members, the reference value of each after its windows of calls, and the number of calls
-    "ema-0.999-vs-0.9999": (lambda: EMALoss(0.999), lambda: EMALoss(0.9999), ema(0.999), ema(0.9999), 40),
-    "mean-256-vs-257": (lambda: WindowedMean(256), lambda: WindowedMean(257), latest_mean, latest_mean, 300),
-    "windowed-mean-vs-sum": (
-        lambda: Windowed(MeanMetric(), 2),
-        lambda: Windowed(SumMetric(), 2),
-        latest_mean,
-        latest_sum,
+def latest_max(windows: list[list[Call]]) -> float:
+    return max_of(windows[-1])
+
+
+def latest_min(windows: list[list[Call]]) -> float:
+    return min_of(windows[-1])
+
+
+Member = tuple[Callable[[], Metric], Callable[[list[list[Call]]], float], Optional[Callable[[list[Call]], float]]]
+"""A member's factory, its reference window value after its windows, and its reference compute() after the calls
+(``None``: the latest window value, or the mean of the calls so far before it, as EMALoss)."""
+
+PAIRS: dict[str, tuple[Member, Member, int]] = {
+    # two members and the number of calls
+    "ema-0.999-vs-0.9999": (
+        (lambda: EMALoss(0.999), ema(0.999), None),
+        (lambda: EMALoss(0.9999), ema(0.9999), None),
         40,
     ),
+    "mean-256-vs-257": (
+        (lambda: WindowedMean(256), latest_mean, mean_of),
+        (lambda: WindowedMean(257), latest_mean, mean_of),
+        300,
+    ),
+    "windowed-mean-vs-sum": (
+        (lambda: Windowed(MeanMetric(), 2), latest_mean, mean_of),
+        (lambda: Windowed(SumMetric(), 2), latest_sum, sum_of),
+        40,
+    ),
+    "max-vs-min": ((lambda: WindowedMax(3), latest_max, max_of), (lambda: WindowedMin(3), latest_min, min_of), 40),
+    "max-3-vs-4": ((lambda: WindowedMax(3), latest_max, max_of), (lambda: WindowedMax(4), latest_max, max_of), 40),
 }
 
 
 @pytest.mark.parametrize("pair", PAIRS)
 @pytest.mark.parametrize("cast_name", ["to-bfloat16", "set_dtype-bfloat16", "to-dtype-float16"])
 def test_differently_configured_members_never_merge_under_a_cast(pair: str, cast_name: str) -> None:
-    make_a, make_b, value_a, value_b, count = PAIRS[pair]
-    members: dict[str, Any] = {"a": make_a(), "b": make_b()}
+    """compute() of each member is its aggregate since the reset and its window value the latest window's."""
+    member_a, member_b, count = PAIRS[pair]
+    references = {"a": member_a, "b": member_b}
+    members: dict[str, Any] = {"a": member_a[0](), "b": member_b[0]()}
     assert all(isinstance(member, WindowMetric) for member in members.values())
     windows = {name: member.window for name, member in members.items() if isinstance(member, WindowMetric)}
     collection = MetricCollection(members)
     CASTS[cast_name](collection)
     # bfloat16-exact inputs (integers below 256), as a bf16-true step gives them
     calls: list[Call] = [(float((7 * step) % 23), 1.0) for step in range(count)]
-    value_of = {"a": value_a, "b": value_b}
     checked = {1, 2, 3, 255, 256, 257, 258, 299} | set(range(0, count + 1, 25)) if count > 40 else range(count + 1)
+    differ = False
     for index, (value, _) in enumerate(calls):
         collection.update(torch.tensor(value, dtype=torch.bfloat16))
         if index + 1 not in checked:
             continue
         computed = collection.compute()
+        so_far = calls[: index + 1]
         for name in ("a", "b"):
-            expected = compute_after(calls[: index + 1], windows[name], value_of[name])
+            _, value_of, aggregate_of = references[name]
+            latest = latest_window(so_far, windows[name], value_of)
+            expected = aggregate_of(so_far) if aggregate_of is not None else latest
+            if expected is None:
+                expected = value_of([so_far])
             torch.testing.assert_close(computed[name].double(), torch.tensor(expected).double(), rtol=1e-6, atol=0)
+            window_value = collection[name].window_value
+            if latest is None:
+                assert window_value is None
+            else:
+                torch.testing.assert_close(window_value.double(), torch.tensor(latest).double(), rtol=1e-6, atol=0)
+        values = [(computed[name], collection[name].window_value) for name in ("a", "b")]
+        differ = differ or not torch.equal(values[0][0], values[1][0]) or str(values[0][1]) != str(values[1][1])
     assert sorted(collection.compute_groups.values()) == [["a"], ["b"]]
-    assert computed["a"] != computed["b"]
+    assert differ  # the two members are told apart by their values, so a merge would have shown
