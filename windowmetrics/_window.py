@@ -150,6 +150,8 @@ class WindowMetric(Metric, ABC):
         What ``forward`` returns and what Lightning's ``self.log(name, metric)`` logs on step, after ``forward``
         or ``update`` alike. It is made once per window, in torch's default float dtype but never below float32.
         """
+        if self._sanity_snapshot is not None:  # read after a sanity check that did not reset this metric
+            self._follow_sanity_check()
         if not self._has_latest:
             return None
         presented = self._presented
@@ -227,6 +229,8 @@ class WindowMetric(Metric, ABC):
         Every process must call it, as for torchmetrics' own metrics. With no update since the reset, what the
         torchmetrics counterpart returns, with torchmetrics' warning.
         """
+        if self._sanity_snapshot is not None:  # read after a sanity check that did not reset this metric
+            self._follow_sanity_check()
         return self._aggregate_value()
 
     # Resets and Lightning's sanity check ---------------------------------------------------------------------------
