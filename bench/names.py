@@ -17,6 +17,8 @@ FLOOR_OF_SUM = "floor: acc.add_(loss.sum())"
 HAND_WRITTEN = "hand-written: total += loss.item()"
 MEAN_METRIC = "MeanMetric"
 SUM_METRIC = "SumMetric"
+MAX_METRIC = "MaxMetric"
+MIN_METRIC = "MinMetric"
 ACCURACY = "MulticlassAccuracy"
 
 
@@ -35,6 +37,11 @@ def wrapped(metric: str, window: int) -> str:
     return f"Windowed({metric}(), window={window})"
 
 
+def running(metric: str, window: int) -> str:
+    """Return the label of a metric wrapped in torchmetrics' ``Running``: ``"Running(MaxMetric(), window=100)"``."""
+    return f"Running({metric}(), window={window})"
+
+
 MEMORY_WINDOWS = (10, 100_000)
 STATE_BYTES = "state bytes (state_dict)"
 HEAP_BYTES = "Python heap bytes (tracemalloc)"
@@ -47,7 +54,7 @@ def synchronisation_group(world_size: int) -> str:
     return f"a window's synchronisation, gloo, {world_size} processes"
 
 
-DISPATCH_TITLE = "dispatched operators and host reads, accelerator path"
+DISPATCH_TITLE = "dispatched operators and host reads (the one path of every device)"
 OPS_PER_UPDATE = "ops per update"
 OPS_FIRST_UPDATE = "ops, first update"
 READS_PER_UPDATE = "host reads per update"
@@ -56,6 +63,8 @@ READS_AT_BOUNDARY = "host reads at a boundary"
 SYNCHRONISED_COLLECTIVES = "collectives at a synchronised boundary"
 READS_AT_SYNCHRONISED_BOUNDARY = "host reads at a synchronised boundary"
 UPDATE_OPERATORS = "operators of an update"
+OPS_OF_COMPUTE = "ops of compute()"
+READS_OF_COMPUTE = "host reads of compute()"
 
 
 def dispatch_group(inputs: str) -> str:

@@ -1,9 +1,9 @@
-"""Count the operators that an update dispatches and its host reads, on the accelerator path.
+"""Count the operators that an update dispatches and its host reads, on the one path that every device runs.
 
 On a GPU an update's cost is its kernel launches (one per dispatched operator, views aside) and its host-device
-synchronisations (one per read of a device value by the host). With ``windowmetrics.scalars.PREFER_HOST = False``
-windowmetrics keeps its sums as 0-dim tensors as it does on a GPU, and tests/dispatch_counter.py counts both on
-the CPU. Each row is a metric with a loss and a weight, beside torchmetrics' counterparts and the floor; the
+synchronisations (one per read of a device value by the host). windowmetrics runs the same code on the CPU as on a
+GPU (float64 ``[window, since reset]`` tensor states, updated in place), so tests/dispatch_counter.py counts both
+on the CPU. Each row is a metric with a loss and a weight, beside torchmetrics' counterparts and the floor; the
 counts are deterministic and go to ``bench/report.py`` as ``extra_info`` columns (the row's one timed round is
 not shown).
 
@@ -12,7 +12,9 @@ not shown).
 - at a boundary: the update that closes a window; for torchmetrics' metrics, which have no window,
   ``compute()`` after an update (what producing a value to log costs);
 - at a synchronised boundary: the same in a gloo process group of this process alone, where a boundary
-  synchronises as under DDP: its collectives (``c10d`` operators; the floor is one) and its host reads.
+  synchronises as under DDP: its collectives (``c10d`` operators; the floor is one) and its host reads;
+- ``compute()``: its operators and host reads after two windows and one update of the next, in one process (for
+  windowmetrics, the value since the last reset; reported, not a target).
 """
 
 from collections.abc import Callable, Iterator
@@ -26,18 +28,22 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torchmetrics import Metric
-from torchmetrics.aggregation import MeanMetric, RunningMean, SumMetric
+from torchmetrics.aggregation import MaxMetric, MeanMetric, MinMetric, RunningMean, SumMetric
 
 from bench.names import (
     FLOOR,
     FLOOR_OF_SUM,
+    MAX_METRIC,
     MEAN_METRIC,
+    MIN_METRIC,
     OPS_AT_BOUNDARY,
     OPS_FIRST_UPDATE,
+    OPS_OF_COMPUTE,
     OPS_PER_UPDATE,
     PER_SAMPLE,
     READS_AT_BOUNDARY,
     READS_AT_SYNCHRONISED_BOUNDARY,
+    READS_OF_COMPUTE,
     READS_PER_UPDATE,
     SCALAR,
     SUM_METRIC,
@@ -46,10 +52,12 @@ from bench.names import (
     WINDOW,
     dispatch_group,
     windowed,
+    wrapped,
 )
 from tests.dispatch_counter import DispatchCounter
 from tests.process_group import free_port, skip_without_gloo
-from windowmetrics import EMALoss, WindowedMean, WindowedSum, scalars
+from windowmetrics import EMALoss, Windowed, WindowedMax, WindowedMean, WindowedMin, WindowedSum
+from windowmetrics._window import WindowMetric
 
 LOSSES = {SCALAR: torch.tensor(0.7), PER_SAMPLE: torch.rand(256, generator=torch.Generator().manual_seed(0))}
 Weight = Optional[Union[int, Tensor]]
@@ -83,11 +91,21 @@ class Case:
         if not isinstance(built, Metric):
             return None
         update = self.update(built, loss)
-        if isinstance(built, (WindowedMean, WindowedSum, EMALoss)):
+        if isinstance(built, WindowMetric):
             for _ in range(WINDOW - 1):
                 update()
             return update
         update()
+        return built.compute
+
+    def compute(self, built: Any, loss: Tensor) -> Optional[Callable[[], object]]:
+        """Update ``built`` for two windows and one update of the next, and return its ``compute``; ``None`` for
+        the floor."""
+        if not isinstance(built, Metric):
+            return None
+        update = self.update(built, loss)
+        for _ in range(2 * WINDOW + 1):
+            update()
         return built.compute
 
 
@@ -105,9 +123,16 @@ def cases(inputs: str) -> list[Case]:
     rows = [Case(FLOOR_OF_SUM, floor_of_sum) if per_sample else Case(FLOOR, floor)]
     for name, build in (("WindowedMean", partial(WindowedMean, WINDOW)), ("EMALoss", partial(EMALoss, window=WINDOW))):
         rows += [Case(windowed(name, WINDOW) + suffix, build, weight) for suffix, weight in weights(inputs).items()]
-    rows.append(Case(windowed("WindowedSum", WINDOW), partial(WindowedSum, WINDOW)))
+    unweighted: dict[str, Callable[[], WindowMetric]] = {
+        "WindowedSum": partial(WindowedSum, WINDOW),
+        "WindowedMax": partial(WindowedMax, WINDOW),
+        "WindowedMin": partial(WindowedMin, WINDOW),
+    }
+    rows += [Case(windowed(name, WINDOW), build) for name, build in unweighted.items()]
+    rows.append(Case(wrapped(MEAN_METRIC, WINDOW), lambda: Windowed(MeanMetric(), WINDOW)))
+    rows.append(Case(wrapped(MAX_METRIC, WINDOW), lambda: Windowed(MaxMetric(), WINDOW)))
     rows += [Case(MEAN_METRIC + suffix, MeanMetric, weight) for suffix, weight in weights(inputs).items()]
-    rows.append(Case(SUM_METRIC, SumMetric))
+    rows += [Case(SUM_METRIC, SumMetric), Case(MAX_METRIC, MaxMetric), Case(MIN_METRIC, MinMetric)]
     rows.append(Case(windowed("RunningMean", WINDOW), partial(RunningMean, window=WINDOW)))
     return rows
 
@@ -140,8 +165,7 @@ def one_process_group() -> Iterator[None]:
     DISPATCH_BENCHMARKS,
     ids=[f"{inputs.split()[0]}-{case.label}" for inputs, case in DISPATCH_BENCHMARKS],
 )
-def test_dispatch(benchmark: Any, monkeypatch: pytest.MonkeyPatch, inputs: str, case: Case) -> None:
-    monkeypatch.setattr(scalars, "PREFER_HOST", False)
+def test_dispatch(benchmark: Any, inputs: str, case: Case) -> None:
     loss = LOSSES[inputs]
     first = counted(case.update(case.build(), loss))
     built = case.build()
@@ -151,6 +175,8 @@ def test_dispatch(benchmark: Any, monkeypatch: pytest.MonkeyPatch, inputs: str, 
     steady = counted(update)
     boundary = case.boundary(case.build(), loss)
     at_boundary = counted(boundary) if boundary else None
+    compute = case.compute(case.build(), loss)
+    of_compute = counted(compute) if compute else None
     skip_without_gloo()
     with one_process_group():
         synchronised = case.boundary(case.build(), loss)
@@ -167,6 +193,8 @@ def test_dispatch(benchmark: Any, monkeypatch: pytest.MonkeyPatch, inputs: str, 
             READS_AT_BOUNDARY: at_boundary.sync_count if at_boundary else "",
             SYNCHRONISED_COLLECTIVES: collectives(at_synchronised) if at_synchronised else "",
             READS_AT_SYNCHRONISED_BOUNDARY: at_synchronised.sync_count if at_synchronised else "",
+            OPS_OF_COMPUTE: of_compute.op_count if of_compute else "",
+            READS_OF_COMPUTE: of_compute.sync_count if of_compute else "",
             UPDATE_OPERATORS: ", ".join(steady.ops),
         }
     )

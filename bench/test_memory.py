@@ -18,7 +18,7 @@ from torchmetrics import Metric
 from torchmetrics.aggregation import MeanMetric, RunningMean
 
 from bench.names import HEAP_BYTES, MEAN_METRIC, MEMORY, MEMORY_WINDOWS, STATE_BYTES, windowed, wrapped
-from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum
+from windowmetrics import EMALoss, Windowed, WindowedMax, WindowedMean, WindowedSum
 
 UPDATES = 1000
 LOSS = torch.tensor(0.7)
@@ -27,6 +27,7 @@ BUILDERS: dict[str, Callable[[int], Metric]] = {
     "WindowedMean": WindowedMean,
     "WindowedSum": WindowedSum,
     "EMALoss": lambda window: EMALoss(window=window),
+    "WindowedMax": WindowedMax,
     MEAN_METRIC: lambda window: Windowed(MeanMetric(), window),
     "RunningMean": lambda window: RunningMean(window=window),
 }

@@ -1,7 +1,12 @@
 """Time ``forward`` and ``update`` of windowmetrics beside torchmetrics, a hand-written accumulator and the floor.
 
 Each benchmark warms its metric up for two windows, so that what is timed is the steady state, window boundaries
-included at their rate (one call in ``window`` closes one).
+included at their rate (one call in ``window`` closes one). Beside each windowmetrics class, its torchmetrics
+counterpart: ``MeanMetric``, ``SumMetric``, ``MaxMetric``, ``MinMetric``, ``RunningMean`` and
+``Running(MaxMetric(), window=100)``. ``Windowed`` wraps a metric whose windows it merges into its since-reset
+copy at each boundary (``MeanMetric``, ``MulticlassAccuracy``: one update of the wrapped metric per update) and one
+it cannot merge (``MaxMetric``, whose ``full_state_update`` is true: the copy is updated beside the window's, two
+updates per update); each is divided by the wrapped metric alone.
 """
 
 from collections.abc import Callable
@@ -13,8 +18,9 @@ import pytest
 import torch
 from torch import Tensor
 from torchmetrics import Metric
-from torchmetrics.aggregation import MeanMetric, RunningMean, RunningSum, SumMetric
+from torchmetrics.aggregation import MaxMetric, MeanMetric, MinMetric, RunningMean, RunningSum, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.wrappers import Running
 
 from bench.names import (
     ACCURACY,
@@ -22,17 +28,20 @@ from bench.names import (
     FLOOR,
     FLOOR_OF_SUM,
     HAND_WRITTEN,
+    MAX_METRIC,
     MEAN_METRIC,
+    MIN_METRIC,
     OPERATIONS,
     PER_SAMPLE,
     SCALAR,
     SUM_METRIC,
     WINDOW,
     group,
+    running,
     windowed,
     wrapped,
 )
-from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum
+from windowmetrics import EMALoss, Windowed, WindowedMax, WindowedMean, WindowedMin, WindowedSum
 
 WINDOWS = (1, WINDOW)
 WARM_UP_CALLS = 2 * WINDOW
@@ -69,6 +78,14 @@ class HandWritten:
             self.value = self.total / self.count
             self.total, self.count, self.steps = 0.0, 0, 0
         return self.value
+
+
+class RunnableMaxMetric(MaxMetric):
+    """``MaxMetric`` as torchmetrics' ``Running`` accepts it: ``Running`` refuses a metric whose
+    ``full_state_update`` is not ``False``, which ``MaxMetric`` declares to be safe; its one state, reduced by a
+    maximum, gives the same running value either way, since ``Running`` resets the metric after each update."""
+
+    full_state_update = False
 
 
 def floor() -> Callable[[Tensor], Tensor]:
@@ -113,7 +130,10 @@ def windowmetrics_cases(window: int) -> list[Case]:
         Case(windowed("WindowedMean", window), partial(WindowedMean, window), MEAN_METRIC),
         Case(windowed("WindowedSum", window), partial(WindowedSum, window), SUM_METRIC),
         Case(windowed("EMALoss", window), partial(EMALoss, window=window), running_mean),
+        Case(windowed("WindowedMax", window), partial(WindowedMax, window), MAX_METRIC),
+        Case(windowed("WindowedMin", window), partial(WindowedMin, window), MIN_METRIC),
         Case(wrapped(MEAN_METRIC, window), lambda: Windowed(MeanMetric(), window), MEAN_METRIC),
+        Case(wrapped(MAX_METRIC, window), lambda: Windowed(MaxMetric(), window), MAX_METRIC),
     ]
 
 
@@ -127,6 +147,9 @@ def loss_cases(per_sample: bool) -> list[Case]:
         Case(SUM_METRIC, SumMetric),
         Case(windowed("RunningMean", WINDOW), partial(RunningMean, window=WINDOW)),
         Case(windowed("RunningSum", WINDOW), partial(RunningSum, window=WINDOW)),
+        Case(MAX_METRIC, MaxMetric),
+        Case(MIN_METRIC, MinMetric),
+        Case(running(MAX_METRIC, WINDOW), lambda: Running(RunnableMaxMetric(), window=WINDOW)),
     ]
 
 
