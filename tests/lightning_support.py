@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import MeanMetric, Metric, MetricCollection, SumMetric
 
-from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum
+from windowmetrics import EMALoss, Windowed, WindowedMax, WindowedMean, WindowedSum
 from windowmetrics._window import WindowMetric
 
 FEATURES = 3
@@ -153,17 +153,18 @@ class StageMetrics(torch.nn.Module):
         self.ema = EMALoss(0.5, window=window, span_epochs=span_epochs)
         self.loss_sum = Windowed(SumMetric(), window, span_epochs=span_epochs)
         self.boundary_loss = WindowedMean(window, span_epochs=span_epochs)
+        self.max = WindowedMax(window, span_epochs=span_epochs)
 
     def all(self) -> list[WindowMetric]:
-        return [self.loss, self.samples, self.ema, self.loss_sum, self.boundary_loss]
+        return [self.loss, self.samples, self.ema, self.loss_sum, self.boundary_loss, self.max]
 
 
 class WindowLoggingModule(RecordingModule):
     """Log a WindowedMean, WindowedSum, EMALoss and Windowed metric per stage with ``self.log(name, metric)``.
 
     Per stage (``train``/``val``): ``loss`` (WindowedMean of the loss, batch size as weight), ``samples``
-    (WindowedSum of batch sizes), ``ema`` (EMALoss of the loss) and ``loss_sum`` (``Windowed(SumMetric())`` of
-    the loss, whose wrapped metric accumulates in place), each logged at every step with
+    (WindowedSum of batch sizes), ``ema`` (EMALoss of the loss), ``loss_sum`` (``Windowed(SumMetric())`` of
+    the loss, whose wrapped metric accumulates in place) and ``max`` (WindowedMax of the loss), each logged at every step with
     ``on_step=True, on_epoch=True``; ``boundary_loss``, a second WindowedMean of the loss logged with the
     idiom ``if metric.at_boundary: self.log(...)``, on step only; and ``raw``, the batch's loss. All of them
     are created with ``span_epochs`` as given.
@@ -184,6 +185,7 @@ class WindowLoggingModule(RecordingModule):
             "samples": reported(metrics.samples(size)),
             "ema": reported(metrics.ema(loss, weight=size)),
             "loss_sum": reported(metrics.loss_sum(loss)),
+            "max": reported(metrics.max(loss)),
         }
         for name in values:
             self.log(f"{stage}/{name}", getattr(metrics, name), on_step=True, on_epoch=True)

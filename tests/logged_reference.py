@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Optional, Union
 
+import torch
+
 from tests.lightning_support import Record
 from tests.reference import Call, ema_of, mean_of, sum_of
 
@@ -74,6 +76,16 @@ def latest_sum(windows: list[list[Call]]) -> float:
     return sum_of(windows[-1])
 
 
+def max_of(calls: list[Call]) -> float:
+    """The largest element of the calls' values (a NaN propagates), as a loss's WindowedMax holds it."""
+    elements = [element for value, _ in calls for element in torch.as_tensor(value).flatten().tolist()]
+    return math.nan if any(math.isnan(element) for element in elements) else max(elements, default=-math.inf)
+
+
+def latest_max(windows: list[list[Call]]) -> float:
+    return max_of(windows[-1])
+
+
 def ema(decay: float) -> Callable[[list[list[Call]]], float]:
     return lambda windows: ema_of(windows, decay)
 
@@ -86,6 +98,7 @@ def window_series(window: int) -> dict[str, Series]:
         "ema": Series(window, loss_call, ema(0.5), None),
         "loss_sum": Series(window, unweighted_loss_call, latest_sum, sum_of),
         "boundary_loss": Series(window, loss_call, latest_mean, mean_of, at_boundaries=True),
+        "max": Series(window, loss_call, latest_max, max_of),
     }
 
 

@@ -149,6 +149,7 @@ def test_a_sanity_check_leaves_carried_windows_as_it_found_them_and_reaches_noth
     assert snapshots.at["sanity start"]["unlogged"]["updates"] == 4  # the unlogged metric, put back at the next read
 
 
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")  # the resumed run needs no checkpoints
 def test_a_sanity_check_after_a_resume_leaves_the_restored_windows_as_it_found_them(tmp_path: Path) -> None:
     """The issue's case: a spanning validation metric restored from an end-of-epoch checkpoint was cleared."""
     from lightning.pytorch.callbacks import ModelCheckpoint
