@@ -3,7 +3,7 @@
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from copy import deepcopy
-from typing import Any, Optional, cast
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import torch
 from torch import Tensor
@@ -104,9 +104,10 @@ class Windowed(WindowMetric):
         tensor(0.5000)
     """
 
-    metric: Metric
-    since_reset: Metric
-    carried: Metric
+    if TYPE_CHECKING:  # for mypy alone: torch.jit.script cannot resolve a Metric annotation of the class
+        metric: Metric
+        since_reset: Metric
+        carried: Metric
 
     def __init__(self, metric: Metric, window: int, *, span_epochs: bool = False) -> None:
         metric = check_metric(metric)
