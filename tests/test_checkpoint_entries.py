@@ -430,3 +430,40 @@ def test_nan_and_inf_states_are_loaded_as_saved() -> None:
     target.persistent(True)
     target.load_state_dict(source.state_dict())
     assert math.isnan(target(1.0).item())
+
+
+# Windowed's own fields: the wrapped metrics' update counts -------------------------------------------------------
+
+WRAPPED_COUNT_KEYS = ("window_metric_updates", "window_since_reset_updates", "window_carried_updates")
+TWO_D_COUNT_ACCEPTED = pytest.mark.xfail(
+    strict=True,
+    reason="package bug (_window.py _take_extra_fields): a 1-element 2-D count ([[1]]) is accepted, where the"
+    " position's own fields (_checkpoint._field_problem) take 0-dim integer tensors only",
+)
+WRAPPED_COUNT_CASES: dict[str, Any] = {
+    "negative": torch.tensor(-5),
+    "float": torch.tensor(1.0),
+    "bool": torch.tensor(True),
+    "3-element": torch.tensor([1, 0, 0]),
+    "a str": "1",
+    "None": None,
+    "an int": 1,
+    "2-D": pytest.param(torch.tensor([[1]]), marks=TWO_D_COUNT_ACCEPTED),
+}
+
+
+@pytest.mark.parametrize("key", WRAPPED_COUNT_KEYS)
+@pytest.mark.parametrize("bad", WRAPPED_COUNT_CASES.values(), ids=WRAPPED_COUNT_CASES.keys())
+def test_a_malformed_wrapped_count_of_windowed_is_refused_naming_its_key(key: str, bad: Any) -> None:
+    checkpoint = saved_checkpoint("windowed")
+    assert key in checkpoint
+    checkpoint[key] = bad
+    target, twin = target_and_twin("windowed")
+    assert_refused_and_unchanged(target, twin, checkpoint, key)
+
+
+@pytest.mark.parametrize("key", WRAPPED_COUNT_KEYS)
+def test_a_missing_wrapped_count_of_windowed_is_refused_naming_its_key(key: str) -> None:
+    checkpoint = _without(key)(saved_checkpoint("windowed"))
+    target, twin = target_and_twin("windowed")
+    assert_refused_and_unchanged(target, twin, checkpoint, key)
