@@ -39,11 +39,13 @@ def run_in_process_group(worker: Worker, directory: Path, *args: Any) -> list[An
 
     ``worker`` must be importable by name (a module-level function), and ``args`` are pickled into each process
     by ``torch.multiprocessing`` (CPU tensors travel through shared memory). A worker's exception is re-raised
-    here, and the other process is stopped.
+    here, and the other process is stopped; a process that returns no result fails the caller.
     """
     skip_without_gloo()
     spawn(_process, args=(free_port(), directory, worker, args), nprocs=WORLD_SIZE)  # type: ignore[no-untyped-call]
-    return [pickle.loads(_result_file(directory, rank).read_bytes()) for rank in range(WORLD_SIZE)]
+    results = [pickle.loads(_result_file(directory, rank).read_bytes()) for rank in range(WORLD_SIZE)]
+    assert len(results) == WORLD_SIZE
+    return results
 
 
 def _process(rank: int, port: int, directory: Path, worker: Worker, args: tuple[Any, ...]) -> None:
@@ -51,6 +53,9 @@ def _process(rank: int, port: int, directory: Path, worker: Worker, args: tuple[
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE, timeout=TIMEOUT
     )
     try:
+        # the scenarios are about several processes: never let them run in a world of one
+        if (dist.get_rank(), dist.get_world_size(), dist.get_backend()) != (rank, WORLD_SIZE, "gloo"):
+            raise RuntimeError(f"process {rank} is not in a gloo group of {WORLD_SIZE} processes")
         result = worker(rank, *args)
         _result_file(directory, rank).write_bytes(pickle.dumps(result))
     finally:
