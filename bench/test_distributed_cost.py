@@ -1,15 +1,22 @@
-"""The cost of a window's synchronisation across gloo processes, against its floor and torchmetrics' ``MeanMetric``.
+"""The cost of a window's synchronisation across gloo processes, against its floor and torchmetrics' own metrics.
 
 pytest-benchmark times each operation here, in rank 0 of a gloo group on the loopback interface, for 2 and for
 4 processes; spawned processes are the other ranks and mirror every operation, as DDP peers would. Before each
 round, in the untimed setup, rank 0 broadcasts which operation comes next, every rank prepares it (the updates
-of the window but its last), and all meet at a barrier; the round then times the operation alone. The other
-ranks therefore follow any number of rounds, and pytest-benchmark's options work as usual.
+of the window but its last; for ``compute()``, one update, which clears its cached value), and all meet at a
+barrier; the round then times the operation alone. The other ranks therefore follow any number of rounds, and
+pytest-benchmark's options work as usual.
 
 The floor of a synchronised window is one collective of the window's statistics: a bare ``all_reduce`` of a
-float64 tensor holding the window's three sums and the update count (4 elements, what a boundary packs). It is
-the group's reference row, which ``bench/report.py`` divides every row's median by; each window's boundary is
-also divided by ``MeanMetric.compute()`` (torchmetrics' synchronisation, a collective per state).
+float64 tensor holding what a boundary of ``WindowedMean``, ``WindowedSum`` or ``EMALoss`` packs (its three sums,
+its update count and the count's square, 5 elements). It is the group's reference row, which ``bench/report.py``
+divides every row's median by. ``compute()`` of the aggregate since the reset is the same one collective.
+``WindowedMax`` packs its extreme and two counts with the update count (4 elements) into one ``all_gather``, timed
+bare beside it. Each row is also divided by its torchmetrics counterpart: ``MeanMetric.compute()`` (a collective
+per state) or ``MaxMetric.compute()``.
+
+On a machine with fewer cores than processes (4 processes on 2 cores), the rows measure oversubscription: the
+peers' busy-polling competes with rank 0 for the cores.
 
 Run with ``.venv/bin/python -m pytest bench/test_distributed_cost.py --benchmark-only``.
 """
@@ -23,11 +30,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from pytest_benchmark.fixture import BenchmarkFixture
-from torchmetrics import MeanMetric
+from torchmetrics import MaxMetric, MeanMetric
 
-from bench.names import PACKED_ALL_REDUCE, synchronisation_group
+from bench.names import synchronisation_group
 from tests.process_group import free_port, skip_without_gloo
-from windowmetrics import EMALoss, WindowedMean, WindowedSum
+from windowmetrics import EMALoss, WindowedMax, WindowedMean, WindowedSum
+from windowmetrics._window import WindowMetric
 
 WINDOW = 8
 ROUNDS = 200
@@ -35,14 +43,19 @@ WARMUP_ROUNDS = 20
 TIMEOUT = timedelta(seconds=60)
 STOP = -1
 WORLD_SIZES = (2, 4)
-PACKED = 4
-"""The elements a boundary of WindowedMean, WindowedSum or EMALoss packs: three sums and the update count."""
+PACKED = 5
+"""The elements a boundary of WindowedMean, WindowedSum or EMALoss packs: three sums, the update count, its square."""
+GATHERED = 4
+"""The elements each process contributes to a boundary of WindowedMax: the extreme, two counts, the update count."""
+PACKED_ALL_REDUCE = f"floor: all_reduce of the packed sums ({PACKED} float64)"
+"""The reference row (bench/names.py's ``PACKED_ALL_REDUCE`` names the 4 elements of the former boundary)."""
+GATHERED_ALL_GATHER = f"all_gather of the packed extreme ({GATHERED} float64)"
 
 
 class WindowBoundary:
     """Times the update that closes a window (one collective); the window's other updates are the setup."""
 
-    def __init__(self, make: Callable[[], Union[WindowedMean, WindowedSum, EMALoss]]) -> None:
+    def __init__(self, make: Callable[[], WindowMetric]) -> None:
         self.metric = make()
         self.loss = torch.tensor(0.5)
 
@@ -55,43 +68,62 @@ class WindowBoundary:
         assert self.metric.at_boundary
 
 
-class MeanMetricCompute:
-    """Times ``MeanMetric.compute()`` after an update (torchmetrics syncs each of its two states)."""
+class Compute:
+    """Times ``compute()`` after an update (which clears its cached value): windowmetrics' aggregate since the reset
+    (one collective), or torchmetrics' own metric (a collective per state)."""
 
-    def __init__(self) -> None:
-        self.metric = MeanMetric()
+    def __init__(self, make: Callable[[], Union[WindowMetric, MeanMetric, MaxMetric]]) -> None:
+        self.metric = make()
         self.loss = torch.tensor(0.5)
 
     def prepare(self) -> None:
-        self.metric.update(self.loss)  # also clears compute()'s cached value
+        self.metric.update(self.loss)
 
     def run(self) -> None:
         self.metric.compute()
 
 
-class PackedAllReduce:
-    """Times the floor: one ``all_reduce`` of a window's packed statistics, a float64 tensor of 4 elements."""
+class BareCollective:
+    """Times a bare collective of a float64 tensor: the ``all_reduce`` floor, or an ``all_gather``."""
 
-    def __init__(self) -> None:
-        self.packed = torch.zeros(PACKED, dtype=torch.float64)
+    def __init__(self, elements: int, gather: bool) -> None:
+        self.packed = torch.zeros(elements, dtype=torch.float64)
+        self.gather = gather
+        self.rows = [torch.empty_like(self.packed) for _ in range(dist.get_world_size())] if gather else []
 
     def prepare(self) -> None:
-        self.packed.copy_(torch.tensor([0.5 * (WINDOW - 1), WINDOW - 1.0, 0.0, WINDOW - 1.0], dtype=torch.float64))
+        self.packed.copy_(torch.arange(1.0, self.packed.numel() + 1, dtype=torch.float64))
 
     def run(self) -> None:
-        dist.all_reduce(self.packed)
+        if self.gather:
+            dist.all_gather(self.rows, self.packed)
+        else:
+            dist.all_reduce(self.packed)
 
 
-Operation = Union[WindowBoundary, MeanMetricCompute, PackedAllReduce]
+Operation = Union[WindowBoundary, Compute, BareCollective]
 MEAN_METRIC = "MeanMetric compute()"
+MAX_METRIC = "MaxMetric compute()"
 OPERATIONS: dict[str, Callable[[], Operation]] = {
-    PACKED_ALL_REDUCE: PackedAllReduce,  # the reference row of the report
-    MEAN_METRIC: MeanMetricCompute,
+    PACKED_ALL_REDUCE: lambda: BareCollective(PACKED, gather=False),  # the reference row of the report
+    GATHERED_ALL_GATHER: lambda: BareCollective(GATHERED, gather=True),
+    MEAN_METRIC: lambda: Compute(MeanMetric),
+    MAX_METRIC: lambda: Compute(MaxMetric),
     "WindowedMean boundary": lambda: WindowBoundary(lambda: WindowedMean(WINDOW)),
     "WindowedSum boundary": lambda: WindowBoundary(lambda: WindowedSum(WINDOW)),
     "EMALoss boundary": lambda: WindowBoundary(lambda: EMALoss(0.9, window=WINDOW)),
+    "WindowedMean compute()": lambda: Compute(lambda: WindowedMean(WINDOW)),
+    "WindowedMax boundary (all_gather)": lambda: WindowBoundary(lambda: WindowedMax(WINDOW)),
 }
 NAMES = list(OPERATIONS)
+COUNTERPARTS = {
+    "WindowedMean boundary": MEAN_METRIC,
+    "WindowedSum boundary": MEAN_METRIC,
+    "EMALoss boundary": MEAN_METRIC,
+    "WindowedMean compute()": MEAN_METRIC,
+    "WindowedMax boundary (all_gather)": MAX_METRIC,
+}
+"""Each windowmetrics row's torchmetrics counterpart, which the report divides it by."""
 
 
 def _init(port: int, rank: int, world_size: int) -> None:
@@ -156,6 +188,6 @@ def test_boundary_cost(world_size: int, benchmark: BenchmarkFixture, name: str) 
     benchmark.group = synchronisation_group(world_size)
     benchmark.extra_info["label"] = name
     benchmark.extra_info["reference"] = name == PACKED_ALL_REDUCE
-    if isinstance(operation, WindowBoundary):
-        benchmark.extra_info["counterpart"] = MEAN_METRIC
+    if name in COUNTERPARTS:
+        benchmark.extra_info["counterpart"] = COUNTERPARTS[name]
     benchmark.pedantic(operation.run, setup=setup, rounds=ROUNDS, warmup_rounds=WARMUP_ROUNDS)  # type: ignore[no-untyped-call]
