@@ -82,6 +82,8 @@ class WindowMetric(Metric, ABC):
         "window_value",
         "_forward_cache",
         "_update_count",
+        "update_called",  # torchmetrics' properties that read _update_count
+        "update_count",
     ]
     _python_state: ClassVar[tuple[str, ...]] = ("_position", "_updates", "_at_boundary", "_has_latest")
     """The attributes beside the registered states that a snapshot (the sanity check's) saves and restores."""

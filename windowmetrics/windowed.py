@@ -35,6 +35,12 @@ def merges_exactly(metric: Metric) -> bool:
     return len(metrics) == 1 and all(reduction in _MERGEABLE_REDUCTIONS for reduction in metric._reductions.values())
 
 
+def copy_of(metric: Metric) -> Metric:
+    """Return a deep copy of ``metric`` that shares its process groups (a ``ProcessGroup`` cannot be copied)."""
+    groups = [module.process_group for module in metric.modules() if isinstance(module, Metric)]
+    return deepcopy(metric, memo={id(group): group for group in groups if group is not None})
+
+
 @contextmanager
 def at_least_float32() -> Iterator[None]:
     """Make torch's default float dtype at least float32 while the block runs (``bf16-true`` makes it bfloat16)."""
@@ -113,13 +119,13 @@ class Windowed(WindowMetric):
         metric = check_metric(metric)
         super().__init__(window, span_epochs)
         self.metric = metric
-        self.since_reset = deepcopy(metric)
+        self.since_reset = copy_of(metric)
         self.since_reset.reset()
         self._merges = merges_exactly(metric)
         # The part of the window in progress from before the last reset that cleared the aggregate alone (a
         # spanning metric's epoch end), where windows are merged into the aggregate: it belongs to the window,
         # not to the aggregate.
-        self.carried = deepcopy(self.since_reset)
+        self.carried = copy_of(self.since_reset)
         # The wrapped metric's value over the latest window: the same on every process, never reduced.
         self.add_state("latest", torch.zeros(()), dist_reduce_fx=None)
 
@@ -151,7 +157,7 @@ class Windowed(WindowMetric):
 
     def _close_window(self) -> Tensor:
         if self.carried._update_count:
-            whole = deepcopy(self.carried)
+            whole = copy_of(self.carried)
             self._merge_into(whole, self.metric)
             value = self._value_of(whole)
         else:
@@ -169,7 +175,7 @@ class Windowed(WindowMetric):
     def _aggregate_value(self) -> Tensor:
         if not self._merges or not self.metric._update_count:
             return self._value_of(self.since_reset)
-        total = deepcopy(self.since_reset)  # with the window in progress, which its boundary will merge
+        total = copy_of(self.since_reset)  # with the window in progress, which its boundary will merge
         self._merge_into(total, self.metric)
         return self._value_of(total)
 
@@ -227,7 +233,8 @@ class Windowed(WindowMetric):
             metric._update_count = fields[f"{name}_updates"] if own_rank else 0
 
     def _wrapped(self) -> dict[str, Metric]:
-        return {"metric": self.metric, "since_reset": self.since_reset, "carried": self.carried}
+        """The wrapped metric's three copies: the window's, the since-reset aggregate's, and the carried part's."""
+        return {name: cast(Metric, self._modules[name]) for name in ("metric", "since_reset", "carried")}
 
     def _forget_rank_local_states(self) -> None:
         for metric in (self.metric, self.since_reset, self.carried):
