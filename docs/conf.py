@@ -19,7 +19,7 @@ import windowmetrics  # noqa: E402  (after the path above)
 
 project = "windowmetrics"
 author = "windowmetrics developers"
-copyright = "the windowmetrics developers"  # noqa: A001  (Sphinx's name)
+copyright = "the windowmetrics developers"
 version = release = windowmetrics.__version__
 
 extensions = [
@@ -81,10 +81,10 @@ def _pending_classes(app: Sphinx, docname: str, source: list[str]) -> None:
         figure, needs = match.group(1), FIGURES_NEEDING.get(match.group(1))
         if needs is None or hasattr(windowmetrics, needs) or (Path(app.srcdir) / figure).exists():
             return match.group(0)
-        _logger.info(f"{figure} needs windowmetrics.{needs}, which this checkout lacks: {docname} shows a placeholder")
+        _logger.info(f"{figure} needs windowmetrics.{needs}, which this package lacks: {docname} shows a placeholder")
         return (
-            f":::{{warning}}\nThis figure is made by `python docs/figures/make_figures.py` with `windowmetrics.{needs}`,"
-            " which the package this site was built from does not have yet.\n:::"
+            f":::{{warning}}\nThis figure is made by `python docs/figures/make_figures.py` with"
+            f" `windowmetrics.{needs}`, which the package this site was built from does not have yet.\n:::"
         )
 
     source[0] = IMAGE.sub(replace_figure, AUTOCLASS.sub(replace, source[0]))

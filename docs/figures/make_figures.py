@@ -1,4 +1,4 @@
-"""Make the docs' figures from real runs, on the CPU, with fixed seeds: ``python docs/figures/make_figures.py [NAME...]``.
+"""Make the docs' figures from real runs, on the CPU, with fixed seeds: ``python docs/figures/make_figures.py [NAME]``.
 
 Each figure is a PNG in this folder, drawn from the values that a real run computed and logged:
 
@@ -27,10 +27,10 @@ from typing import Any, Optional
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend)
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -212,7 +212,8 @@ FIGURES: dict[str, Callable[[], Optional[Path]]] = {"demo": make_demo, "logged":
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Make the figures asked for (all by default); print each path written."""
     parser = argparse.ArgumentParser(prog="python docs/figures/make_figures.py", description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"figures to make: {', '.join(FIGURES)} (default: all)")
+    names_help = f"figures to make: {', '.join(FIGURES)} (default: all)"
+    parser.add_argument("names", nargs="*", metavar="NAME", help=names_help)
     names = parser.parse_args(argv).names or list(FIGURES)
     unknown = sorted(set(names) - set(FIGURES))
     if unknown:
