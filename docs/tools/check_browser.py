@@ -99,9 +99,24 @@ def problems_of(
     return found
 
 
+class _Events:
+    """A page's script errors, and the files of the site it could not read (the internet is not asked for)."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.failed: list[str] = []
+
+    def script_error(self, error: Any) -> None:
+        self.errors.append(str(error))
+
+    def request_failed(self, request: Any) -> None:
+        if request.url.startswith("file:"):
+            self.failed.append(request.url)
+
+
 def check(html: Path, screenshots: Path, binary: Optional[str] = None) -> dict[str, list[str]]:
     """Open, check and screenshot every page; return the problems by page (relative path), empty when all is well."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import sync_playwright  # type: ignore[import-not-found,unused-ignore]
 
     screenshots.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[str]] = {}
@@ -111,19 +126,15 @@ def check(html: Path, screenshots: Path, binary: Optional[str] = None) -> dict[s
         for path in pages(html):
             name = str(path.relative_to(html))
             page = context.new_page()
-            errors: list[str] = []
-            failed: list[str] = []
-            page.on("pageerror", lambda error, errors=errors: errors.append(str(error)))
-            page.on(
-                "requestfailed",
-                lambda request, failed=failed: failed.append(request.url) if request.url.startswith("file:") else None,
-            )
+            events = _Events()
+            page.on("pageerror", events.script_error)
+            page.on("requestfailed", events.request_failed)
             page.goto(path.resolve().as_uri(), wait_until="load")
             page.evaluate(WAIT_FOR_MATHJAX)
             report = page.evaluate(INSPECT)
             screenshot = screenshots / (name.replace("/", "__").removesuffix(".html") + ".png")
             page.screenshot(path=str(screenshot), full_page=True)
-            results[name] = problems_of(report, errors, failed, generated=name in GENERATED)
+            results[name] = problems_of(report, events.errors, events.failed, generated=name in GENERATED)
             page.close()
         browser.close()
     return results
