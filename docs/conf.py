@@ -41,7 +41,7 @@ suppress_warnings: list[str] = []
 autodoc_typehints = "description"
 autodoc_member_order = "bysource"
 # The members that windowmetrics defines or documents, not those of torchmetrics' Metric or torch's Module.
-autodoc_default_options = {"members": True, "inherited-members": "Metric,Module"}
+autodoc_default_options = {"members": True, "inherited-members": "Metric,Module", "exclude-members": "extra_repr"}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 
