@@ -5,6 +5,7 @@ folder (a ``Trainer`` there writes its logs there); a block marked ``<!-- skip: 
 reason, and a block followed by a ``text`` block marked ``<!-- output -->`` must print exactly that.
 """
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from lightning import LightningModule
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch import Tensor
 
-from tests.docs_blocks import Block, example, python_blocks
+from tests.docs_blocks import ROOT, Block, documents, example, python_blocks
 from tests.lightning_support import LIGHTNING_NOISE, metrics_csv, quiet_trainer, read_csv, synthetic_loader
 from tests.reference import Call, ema_of, mean_of
 
@@ -97,3 +98,18 @@ def test_the_smoothed_monitor_recipe_logs_an_ema_of_the_exact_validation_means(t
     assert float(early_stopping.best_score) == pytest.approx(min(smoothed), rel=1e-6)
     assert checkpoint.best_model_score is not None
     assert float(checkpoint.best_model_score) == pytest.approx(min(smoothed), rel=1e-6)
+
+
+FILE_NAMED = re.compile(r"`((?:tests|bench|docs|windowmetrics|\.ci)/[\w/.-]+)`")
+
+
+def test_every_file_of_the_repository_that_the_docs_name_exists() -> None:
+    """``tests/test_x.py`` in the text of the README, CONTRIBUTING.md or a page names a file that is there."""
+    named = {
+        (path.name, name)
+        for path in [*documents(), ROOT / "CONTRIBUTING.md"]
+        for name in FILE_NAMED.findall(path.read_text())
+        if not name.startswith("docs/_build")
+    }
+    assert len(named) > 20
+    assert [(page, name) for page, name in sorted(named) if not (ROOT / name).exists()] == []
