@@ -31,12 +31,11 @@ extensions = [
     "sphinx_copybutton",
 ]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
-exclude_patterns = ["_build", "tools", "figures/*.py", "README.md"]
+exclude_patterns = ["_build", "tools", "figures/*.py"]
 root_doc = "index"
 
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3  # `[text](page.md#a-heading)` links to headings, checked by the build and docs/tools
-suppress_warnings: list[str] = []
 
 autodoc_typehints = "description"
 autodoc_member_order = "bysource"
