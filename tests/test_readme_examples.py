@@ -1,12 +1,11 @@
-"""The README's Lightning, Fabric and plain PyTorch examples, run as they are written there.
+"""The Lightning example of the README and the docs' ``Windowed``, Fabric and plain PyTorch examples, run as written.
 
-Each example is the Python block that follows its ``<!-- example: NAME ... -->`` marker in README.md; it is
-executed, then driven with a loss function that records every loss it computes, and what it logged or returned
-is compared with the windows of those losses.
+Each example is the Python block that follows its ``<!-- example: NAME ... -->`` marker in README.md or a page of
+docs/ (tests/docs_blocks.py finds it); it is executed, then driven with a loss function that records every loss it
+computes, and what it logged or returned is compared with the windows of those losses.
 """
 
 import csv
-import re
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +14,14 @@ import torch
 from lightning.fabric import Fabric
 from lightning.fabric.loggers.csv_logs import CSVLogger as FabricCSVLogger
 
+from tests.docs_blocks import example
 from tests.lightning_support import LIGHTNING_NOISE, metrics_csv, quiet_trainer, synthetic_loader
 from tests.reference import Call, mean_of
 
 pytestmark = pytest.mark.filterwarnings(*LIGHTNING_NOISE)
 
-README = Path(__file__).resolve().parent.parent / "README.md"
 WINDOW = 3
 BATCHES = 6  # 2 windows; the last batch is a sample short, so that the weights count
-
-
-def readme_example(name: str) -> dict[str, Any]:
-    """Execute the README's example ``name`` and return the names it defines."""
-    match = re.search(rf"<!-- example: {name} .*?-->\n```python\n(.*?)```", README.read_text(), re.DOTALL)
-    assert match is not None, f"README.md has no example {name!r}"
-    namespace: dict[str, Any] = {"__name__": f"readme_{name}"}
-    exec(compile(match.group(1), f"README.md (example {name})", "exec"), namespace)
-    return namespace
 
 
 class RecordingLoss(torch.nn.Module):
@@ -62,7 +52,7 @@ def linear_model() -> torch.nn.Module:
 
 
 def test_the_lightning_example_logs_one_value_per_window_and_none_before_the_first(tmp_path: Path) -> None:
-    model = readme_example("lightning")["Model"](window=WINDOW)
+    model = example("lightning")["Model"](window=WINDOW)
     model.net = linear_model()  # the synthetic data have 3 features
     model.loss_fn = RecordingLoss()
     quiet_trainer(tmp_path, max_epochs=2).fit(model, loader())
@@ -103,7 +93,7 @@ def classification_loader() -> Any:
 
 
 def test_the_windowed_example_logs_accuracy_and_mae_over_the_samples_of_each_window(tmp_path: Path) -> None:
-    model = readme_example("windowed")["Classifier"](window=WINDOW)
+    model = example("windowed")["Classifier"](window=WINDOW)
     model.net = RecordingNet(features=8)
     quiet_trainer(tmp_path, max_epochs=1).fit(model, classification_loader())
     with metrics_csv(tmp_path).open(newline="") as file:
@@ -122,7 +112,7 @@ def test_the_windowed_example_logs_accuracy_and_mae_over_the_samples_of_each_win
 
 
 def test_the_fabric_example_logs_the_mean_of_each_window(tmp_path: Path) -> None:
-    fit = readme_example("fabric")["fit"]
+    fit = example("fabric")["fit"]
     fabric = Fabric(accelerator="cpu", devices=1, loggers=FabricCSVLogger(tmp_path, name="logs", version=0))
     model = linear_model()
     loss_fn = RecordingLoss()
@@ -135,7 +125,7 @@ def test_the_fabric_example_logs_the_mean_of_each_window(tmp_path: Path) -> None
 
 
 def test_the_pytorch_example_prints_and_returns_the_mean_of_each_window(capsys: pytest.CaptureFixture[str]) -> None:
-    train = readme_example("pytorch")["train"]
+    train = example("pytorch")["train"]
     model = linear_model()
     loss_fn = RecordingLoss()
     means = train(model, torch.optim.SGD(model.parameters(), lr=0.05), loader(), loss_fn, window=WINDOW)

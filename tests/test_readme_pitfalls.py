@@ -1,4 +1,4 @@
-"""The README's "Pitfalls", each checked on real ``Trainer`` runs against windows recomputed from the losses.
+"""The pitfalls of docs/lightning.md, each checked on real ``Trainer`` runs against windows recomputed from the losses.
 
 - ``self.log(name, metric(x))`` raises at the first step (``forward`` returns ``None`` before the first window);
 - under ``accumulate_grad_batches=k`` Lightning writes logged values only at optimizer steps: with
