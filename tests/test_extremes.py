@@ -601,13 +601,6 @@ class Holder(torch.nn.Module):
         return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="package bug (_window.py): torch.jit.script compiles torchmetrics' `update_called` and `update_count`"
-    " properties, which read the `_update_count` property that WindowMetric lists in __jit_unused_properties__;"
-    " listing both there too makes scripting work",
-)
 @pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning")
 @pytest.mark.filterwarnings("ignore:This property will be removed in 2.0.0:DeprecationWarning")
 @pytest.mark.parametrize("name", CLASSES)
