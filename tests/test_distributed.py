@@ -247,24 +247,6 @@ def series_of(distributed: Distributed, spec: SeriesSpec) -> list[list[Step]]:
     return [distributed.results[rank].series[spec.name] for rank in spec.ranks()]
 
 
-WRAPPED_WITH_A_GROUP = pytest.mark.xfail(
-    strict=True,
-    reason="windowmetrics bug: Windowed deep-copies the wrapped metric (its since-reset copy), and a metric holding"
-    " a ProcessGroup cannot be deep-copied (TypeError: cannot pickle 'ProcessGroup'); Windowed(metric) with"
-    " metric(process_group=...) fails when made",
-)
-
-
-def series_params(specs: Sequence[SeriesSpec]) -> list[Any]:
-    """The specs as pytest parameters; a Windowed metric whose wrapped metric has a process group is a known bug."""
-    return [
-        pytest.param(spec, id=spec.name, marks=[WRAPPED_WITH_A_GROUP])
-        if spec.kind in WRAPPED_KINDS and spec.sync in ("custom", "rank0")
-        else pytest.param(spec, id=spec.name)
-        for spec in specs
-    ]
-
-
 def expected_of(spec: SeriesSpec, rank: int) -> list[Expected]:
     inputs = spec.inputs
     synchronised = [inputs.calls[rank]] if spec.sync in ("off", "rank0") else list(inputs.calls)
@@ -303,7 +285,7 @@ def test_the_series_with_nans_hold_windows_with_and_without_nans(kind: str, nan_
         assert found["kept after"], found
 
 
-@pytest.mark.parametrize("spec", series_params(SERIES))
+@pytest.mark.parametrize("spec", SERIES, ids=lambda spec: spec.name)
 def test_series_values_match_reference(distributed: Distributed, spec: SeriesSpec) -> None:
     """Every window value is the value over the window's updates of every synchronised process; ``compute()`` is
     the value over all their updates so far; ``"error"`` raises (on every process) where the reference has a NaN,
@@ -354,7 +336,9 @@ def expected_warnings(spec: SeriesSpec, expected: Expected) -> list[str]:
     return warned
 
 
-@pytest.mark.parametrize("spec", series_params([spec for spec in SERIES if spec.sync in ("world", "custom", "fn")]))
+@pytest.mark.parametrize(
+    "spec", [spec for spec in SERIES if spec.sync in ("world", "custom", "fn")], ids=lambda spec: spec.name
+)
 def test_series_ranks_agree_bitwise(distributed: Distributed, spec: SeriesSpec) -> None:
     """Every process returns the same values and raises the same errors, to the last bit, after every update."""
     first, second = series_of(distributed, spec)
@@ -378,7 +362,7 @@ def synchronisation(distributed: Distributed, spec: SeriesSpec, rank: int) -> li
     return [Collective("all_reduce" if spec.kind in SUM_KINDS else "all_gather", spec.sync)]
 
 
-@pytest.mark.parametrize("spec", series_params(SERIES))
+@pytest.mark.parametrize("spec", SERIES, ids=lambda spec: spec.name)
 def test_series_collectives(distributed: Distributed, spec: SeriesSpec) -> None:
     """One synchronisation per boundary and per uncached ``compute()`` of the aggregate, none between boundaries,
     none from a cached ``compute()`` (one again after a ``compute()`` that raised); none at all without sync.

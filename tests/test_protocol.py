@@ -143,17 +143,6 @@ class LightningHolder(LightningModule):
         return out
 
 
-JIT_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=(RuntimeError, ValueError),
-    reason="package bugs: (_window.py) torch.jit.script compiles torchmetrics' `update_called` and `update_count`"
-    " properties, which read the `_update_count` property that WindowMetric lists in __jit_unused_properties__"
-    " (listing both there too makes scripting work); (windowed.py, dcd7971) the class annotations"
-    " `metric: Metric`, `since_reset: Metric`, `carried: Metric` are read by the scripting: 'Unknown type annotation'",
-)
-
-
-@JIT_BUG
 @pytest.mark.parametrize("name", FACTORIES)
 def test_torch_jit_script_of_the_metric_and_of_a_module_holding_it(name: str) -> None:
     torch.jit.script(FACTORIES[name]())
@@ -165,7 +154,6 @@ def test_torch_jit_script_of_the_metric_and_of_a_module_holding_it(name: str) ->
     torch.testing.assert_close(scripted(x), holder(x), rtol=0, atol=0)
 
 
-@JIT_BUG
 @pytest.mark.filterwarnings("ignore:`LightningModule.to_torchscript` has been deprecated")
 @pytest.mark.parametrize("name", FACTORIES)
 def test_lightning_to_torchscript_of_a_module_holding_the_metric(name: str, tmp_path: Path) -> None:
