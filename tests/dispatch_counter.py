@@ -13,6 +13,12 @@ The package runs one code path on every device, so what an update dispatches on 
 an accelerator; every host read is counted as the synchronisation it would be on the device (nothing here knows
 which CPU tensors would be accelerator tensors), and on an accelerator a copy of a device tensor to the CPU is one
 too. Used by tests/test_dispatch_counts.py, tests/test_cuda.py and bench/test_dispatch.py.
+
+A Python number written into a tensor (``state[0] = 0.0``, ``torch.tensor(0.5, device=...)``) is a CPU tensor that
+torch copies to the device: on CUDA a blocking copy from pageable memory, which synchronises the host with the
+device (``cudaStreamSynchronize``). On the CPU it dispatches ``lift_fresh`` (the number made a tensor) and then a
+copy of it; the counter records such a copy as the synchronisation it would be on an accelerator. A copy of a CPU
+tensor to an accelerator with ``non_blocking=False`` is recorded as one too.
 """
 
 import functools
@@ -47,6 +53,10 @@ accelerator tensor they dispatch a copy to the CPU, counted by the mode instead)
 
 COPY_OPS = frozenset({"_to_copy", "copy_"})
 
+PYTHON_NUMBER_COPY_OPS = frozenset({"_to_copy", "copy_", "index_put_", "index_put", "_index_put_impl_"})
+"""Operators that, given a tensor made from a Python number (a ``lift_fresh`` output), copy it into a tensor: on an
+accelerator, a blocking host-to-device copy."""
+
 
 class DispatchCounter(TorchDispatchMode):
     """Record the operators dispatched and the host reads of tensor values while the context is active.
@@ -54,9 +64,12 @@ class DispatchCounter(TorchDispatchMode):
     Attributes:
         ops: the name of every operator dispatched, in order: the overload packet's name (``"add_"``) for
             ``aten`` operators, ``"namespace.name"`` otherwise (``"c10d.allgather_"`` for a collective).
-        host_reads: the name of every read of a tensor's value by the host, in order: an operator of
-            :data:`HOST_READ_OPS`, a copy from a non-CPU device to the CPU, or ``"Tensor.tolist"`` /
-            ``"Tensor.numpy"``. A read that dispatches operators is recorded once, as the outermost call.
+        host_reads: the name of every host-device synchronisation, in order: an operator of
+            :data:`HOST_READ_OPS`, a copy from a non-CPU device to the CPU, ``"Tensor.tolist"`` /
+            ``"Tensor.numpy"``, or a blocking copy to the device (``"copy_ of a Python number"`` where an operator
+            of :data:`PYTHON_NUMBER_COPY_OPS` copies a ``lift_fresh`` output; ``"copy_ to the device"`` for a CPU
+            tensor copied to an accelerator). A read that dispatches operators is recorded once, as the outermost
+            call.
     """
 
     def __init__(self) -> None:
@@ -64,6 +77,7 @@ class DispatchCounter(TorchDispatchMode):
         self.ops: list[str] = []
         self.host_reads: list[str] = []
         self._reading = 0  # depth of Tensor.tolist/numpy calls in progress
+        self._numbers: list[torch.Tensor] = []  # the tensors that lift_fresh made from Python numbers
         self._saved_methods: dict[str, Optional[Callable[..., Any]]] = {}
 
     @property
@@ -111,9 +125,22 @@ class DispatchCounter(TorchDispatchMode):
         if func.namespace != "aten":
             name = f"{func.namespace}.{name}"
         self.ops.append(name)
-        if not self._reading and (name in HOST_READ_OPS or _copies_to_host(name, args, kwargs)):
-            self.host_reads.append(name)
-        return func(*args, **kwargs)
+        if not self._reading:
+            if name in HOST_READ_OPS or _copies_to_host(name, args, kwargs):
+                self.host_reads.append(name)
+            elif name in PYTHON_NUMBER_COPY_OPS and self._copies_a_python_number(args, kwargs):
+                self.host_reads.append(f"{name} of a Python number")
+            elif _copies_to_device(name, args, kwargs):
+                self.host_reads.append(f"{name} to the device")
+        result = func(*args, **kwargs)
+        if name == "lift_fresh" and isinstance(result, torch.Tensor):
+            self._numbers.append(result)
+        return result
+
+    def _copies_a_python_number(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
+        """Return whether an operator's inputs include a tensor that ``lift_fresh`` made from a Python number."""
+        inputs = [*args, *kwargs.values()]
+        return any(item is number for item in inputs for number in self._numbers)
 
     def _counted_method(self, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(original)
@@ -138,6 +165,19 @@ def _copies_to_host(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -
         return isinstance(source, torch.Tensor) and not source.is_cpu and args[0].is_cpu
     device = kwargs.get("device")
     return not args[0].is_cpu and device is not None and torch.device(device).type == "cpu"
+
+
+def _copies_to_device(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
+    """Return whether an operator copies a CPU tensor to another device and waits for it (``non_blocking=False``)."""
+    if name not in COPY_OPS or not args or not isinstance(args[0], torch.Tensor):
+        return False
+    if kwargs.get("non_blocking") or (name == "copy_" and len(args) > 2 and args[2]):
+        return False
+    if name == "copy_":
+        source = args[1] if len(args) > 1 else kwargs.get("src")
+        return isinstance(source, torch.Tensor) and source.is_cpu and not args[0].is_cpu
+    device = kwargs.get("device")
+    return args[0].is_cpu and device is not None and torch.device(device).type != "cpu"
 
 
 def count(action: Callable[[], object]) -> DispatchCounter:

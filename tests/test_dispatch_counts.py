@@ -13,7 +13,8 @@ host-device synchronisation per host read. The budget (SPEC, "Values, weights an
 - tensor weights and the other NaN strategies cost no more operators than before the one-path rewrite
   (:data:`BEFORE_ONE_PATH`, the accelerator path's counts at commit 614268c);
 - a boundary reads the device at most once (``"warn"`` and ``"error"`` read the window's NaN count; the others
-  read nothing), and in a process group issues one collective;
+  read nothing), and in a process group issues one collective. The counter also counts, as the synchronisation it
+  is on a GPU, a Python number copied into a state (``state[0] = 0.0``: a blocking host-to-device copy);
 - ``forward`` that returns the cached window value dispatches nothing beyond its update: the window value is
   rounded to the output dtype once per window (:data:`PRESENTING_OPS`), whoever reads it first.
 
@@ -211,15 +212,17 @@ weight sum lifted to the device by its first tensor weight): no count may grow."
 
 CLOSE_OPS: dict[str, int] = {
     # select x3, stack ([value sum, weight sum, NaN count] of the window), select x2, div (the value); then the
-    # window's element of each of the 3 sums set to 0: (lift_fresh, select, copy_) x3.
-    "WindowedMean": 16,
-    "WindowedSum": 14,  # the value is the value sum: one select, no div
+    # window's element of each of the 3 sums zeroed in place: (select, zero_) x3. (Writing a Python number into it,
+    # `sum[0] = 0.0`, would be lift_fresh, select, copy_: a blocking host-to-device copy on a GPU.)
+    "WindowedMean": 13,
+    "WindowedSum": 11,  # the value is the value sum: one select, no div
     # select x3, stack, select, ne (a weighted window?), mul, select x2, div (the mean), add, where (numerator), mul,
-    # add, where (denominator), div (the value); the 3 sums' window element set to 0
-    "EMALoss": 26,
-    # select x3, stack ([extreme, NaN count, element count]), unbind; the 3 states' window element reset
-    "WindowedMax": 14,
-    "WindowedMin": 14,
+    # add, where (denominator), div (the value); the 3 sums' window element zeroed
+    "EMALoss": 23,
+    # select x3, stack ([extreme, NaN count, element count]), unbind; then (select, fill_) for the extreme and
+    # (select, zero_) for the 2 counts
+    "WindowedMax": 11,
+    "WindowedMin": 11,
 }
 """Exact operators that closing a window adds to its last update, by class (before the additions below)."""
 

@@ -213,13 +213,13 @@ class WeightedSums(WindowMetric):
 
     def _clear_window(self) -> None:
         self._fold_number_weights()
-        for name in _SUMS:
-            getattr(self, name)[WINDOW] = 0.0
+        for name in _SUMS:  # zero_ in place: `sum[WINDOW] = 0.0` would copy a CPU number, which syncs a GPU
+            getattr(self, name)[WINDOW].zero_()
 
     def _clear_aggregate(self) -> None:
         self._fold_number_weights()
         for name in _SUMS:
-            getattr(self, name)[SINCE_RESET] = 0.0
+            getattr(self, name)[SINCE_RESET].zero_()
 
     def _after_reset(self) -> None:
         self.__dict__["_number_weights"] = 0.0

@@ -178,14 +178,15 @@ class _WindowedExtreme(WindowMetric):
         return statistics.to(output_dtype())
 
     def _clear_window(self) -> None:
-        self.extreme[WINDOW] = self._identity
+        # In place: `state[WINDOW] = number` would copy a CPU number to the device, which syncs a GPU.
+        self.extreme[WINDOW].fill_(self._identity)
         for name in _COUNTS:
-            getattr(self, name)[WINDOW] = 0.0
+            getattr(self, name)[WINDOW].zero_()
 
     def _clear_aggregate(self) -> None:
-        self.extreme[SINCE_RESET] = self._identity
+        self.extreme[SINCE_RESET].fill_(self._identity)
         for name in _COUNTS:
-            getattr(self, name)[SINCE_RESET] = 0.0
+            getattr(self, name)[SINCE_RESET].zero_()
 
     def _rank_local_states(self) -> tuple[str, ...]:
         return ("extreme", *_COUNTS)
