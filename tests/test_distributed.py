@@ -12,6 +12,7 @@ The counts of collectives are deterministic and asserted: a boundary issues exac
 a cached ``compute()``, and ``sync_on_compute=False`` issue none.
 """
 
+import functools
 import math
 import struct
 from collections import Counter
@@ -247,6 +248,7 @@ def series_of(distributed: Distributed, spec: SeriesSpec) -> list[list[Step]]:
     return [distributed.results[rank].series[spec.name] for rank in spec.ranks()]
 
 
+@functools.cache
 def expected_of(spec: SeriesSpec, rank: int) -> list[Expected]:
     inputs = spec.inputs
     synchronised = [inputs.calls[rank]] if spec.sync in ("off", "rank0") else list(inputs.calls)
