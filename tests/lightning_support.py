@@ -164,10 +164,10 @@ class WindowLoggingModule(RecordingModule):
 
     Per stage (``train``/``val``): ``loss`` (WindowedMean of the loss, batch size as weight), ``samples``
     (WindowedSum of batch sizes), ``ema`` (EMALoss of the loss), ``loss_sum`` (``Windowed(SumMetric())`` of
-    the loss, whose wrapped metric accumulates in place) and ``max`` (WindowedMax of the loss), each logged at every step with
-    ``on_step=True, on_epoch=True``; ``boundary_loss``, a second WindowedMean of the loss logged with the
-    idiom ``if metric.at_boundary: self.log(...)``, on step only; and ``raw``, the batch's loss. All of them
-    are created with ``span_epochs`` as given.
+    the loss, whose wrapped metric accumulates in place) and ``max`` (WindowedMax of the loss), each logged at
+    every step with ``on_step=True, on_epoch=True``; ``boundary_loss``, a second WindowedMean of the loss logged
+    with the idiom ``if metric.at_boundary: self.log(...)``, on step only; and ``raw``, the batch's loss. All of
+    them are created with ``span_epochs`` as given.
     """
 
     def __init__(self, window: int = 3, persistent: bool = False, span_epochs: bool = False, **kwargs: Any) -> None:

@@ -321,17 +321,7 @@ def test_a_differently_configured_metric_is_left_out_with_a_warning_and_the_rest
     del twin
 
 
-NUMBER_WEIGHTS_KEPT = pytest.mark.xfail(
-    strict=True,
-    reason="package bug: loading a checkpoint into a WindowedMean/WindowedSum/EMALoss that has unfolded Python-number"
-    " weights (WeightedSums._number_weights) keeps them, and the next fold adds them to the loaded weight_sum",
-)
-
-
-LOAD_BUGS = {"mean": NUMBER_WEIGHTS_KEPT, "sum": NUMBER_WEIGHTS_KEPT, "ema": NUMBER_WEIGHTS_KEPT}
-
-
-@pytest.mark.parametrize("name", [pytest.param(name, marks=LOAD_BUGS.get(name, ())) for name in FACTORIES])
+@pytest.mark.parametrize("name", FACTORIES)
 def test_the_same_configuration_loads(name: str) -> None:
     """The checkpoints above are refused for their faults alone: unchanged, each loads and resumes exactly."""
     source = FACTORIES[name]()
@@ -435,11 +425,6 @@ def test_nan_and_inf_states_are_loaded_as_saved() -> None:
 # Windowed's own fields: the wrapped metrics' update counts -------------------------------------------------------
 
 WRAPPED_COUNT_KEYS = ("window_metric_updates", "window_since_reset_updates", "window_carried_updates")
-TWO_D_COUNT_ACCEPTED = pytest.mark.xfail(
-    strict=True,
-    reason="package bug (_window.py _take_extra_fields): a 1-element 2-D count ([[1]]) is accepted, where the"
-    " position's own fields (_checkpoint._field_problem) take 0-dim integer tensors only",
-)
 WRAPPED_COUNT_CASES: dict[str, Any] = {
     "negative": torch.tensor(-5),
     "float": torch.tensor(1.0),
@@ -448,7 +433,7 @@ WRAPPED_COUNT_CASES: dict[str, Any] = {
     "a str": "1",
     "None": None,
     "an int": 1,
-    "2-D": pytest.param(torch.tensor([[1]]), marks=TWO_D_COUNT_ACCEPTED),
+    "2-D": torch.tensor([[1]]),
 }
 
 

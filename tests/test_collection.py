@@ -51,9 +51,7 @@ def assert_same(observed: tuple, expected: tuple, name: str) -> None:
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("copy_state", [False, True], ids=["by reference (Lightning)", "copied"])
-def test_members_updated_through_the_collection_report_like_standalone_metrics(
-    seed: int, copy_state: bool
-) -> None:
+def test_members_updated_through_the_collection_report_like_standalone_metrics(seed: int, copy_state: bool) -> None:
     collection = MetricCollection({**MEMBERS()})
     standalone = MEMBERS()
     for index, value in enumerate(values(seed, 14)):

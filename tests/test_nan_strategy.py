@@ -52,7 +52,12 @@ def test_strategies_match_the_reference(seed: int, nan_strategy: NanStrategyArg)
             lambda w: sum_of(w[-1], nan_strategy),
             lambda c: sum_of(c, nan_strategy),
         ),
-        (EMALoss(decay, window=window, nan_strategy=nan_strategy), calls, lambda w: ema_of(w, decay, nan_strategy), None),
+        (
+            EMALoss(decay, window=window, nan_strategy=nan_strategy),
+            calls,
+            lambda w: ema_of(w, decay, nan_strategy),
+            None,
+        ),
     ]
     for metric, metric_calls, value_of, aggregate_of in cases:
         forwards, computes = expected_series(metric_calls, window, value_of, aggregate_of)
@@ -90,13 +95,13 @@ def test_error_raises_at_the_boundary_discards_the_window_and_the_next_starts_cl
     metric.update(10.0)
     with pytest.raises(ValueError, match=r"^2 NaN element\(s\) in the window \(nan_strategy='error'\)$"):
         metric.update(20.0)
+    # compute() covers every update since the reset, the discarded window's included: it still reports its NaNs
+    with pytest.raises(ValueError, match=r"^2 NaN element\(s\) in the updates since the last reset"):
+        metric.compute()
     assert not metric.at_boundary
     assert metric.window_value == torch.tensor(6.0)  # the latest window value is the last good window's
     assert [metric(v) for v in (100.0, 200.0, 300.0)][-1] == torch.tensor(600.0)
     assert metric.at_boundary
-    # compute() covers every update since the reset, the discarded window's included: it still reports its NaNs
-    with pytest.raises(ValueError, match=r"^2 NaN element\(s\) in the updates since the last reset"):
-        metric.compute()
 
 
 def test_error_on_a_partial_compute_raises_and_discards_nothing() -> None:

@@ -77,4 +77,3 @@ def test_inputs_that_require_grad_leave_no_graph(metric_class: type, nan_strateg
     tensors = [output for output in outputs if output is not None] + list(metric.state_dict().values())
     tensors += [getattr(metric, name) for name in metric._defaults]
     assert all(not tensor.requires_grad and tensor.grad_fn is None for tensor in tensors)
-

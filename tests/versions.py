@@ -35,6 +35,6 @@ NO_DISABLED_NAN_STRATEGY = pytest.mark.skipif(
 
 SUM_METRIC_NOT_ON_META = pytest.mark.skipif(
     not _sum_metric_is_created_on_meta(),
-    reason='this torchmetrics gives its own SumMetric, the model these tests compare with, the CPU as its device'
+    reason="this torchmetrics gives its own SumMetric, the model these tests compare with, the CPU as its device"
     ' when it is created under torch.device("meta")',
 )

@@ -224,6 +224,11 @@ class WeightedSums(WindowMetric):
     def _after_reset(self) -> None:
         self.__dict__["_number_weights"] = 0.0
 
+    def _own_loaded_states(self) -> None:
+        """Take the loaded sums as they are: they hold every weight (Python-number ones were folded in to save)."""
+        super()._own_loaded_states()
+        self.__dict__["_number_weights"] = 0.0
+
     def _rank_local_states(self) -> tuple[str, ...]:
         return _SUMS
 

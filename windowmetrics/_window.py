@@ -493,7 +493,7 @@ class WindowMetric(Metric, ABC):
             value = state_dict.pop(key, None)
             if (
                 not isinstance(value, Tensor)
-                or value.numel() != 1
+                or value.dim() != 0
                 or value.dtype.is_floating_point
                 or value.dtype.is_complex
                 or value.dtype == torch.bool
@@ -502,10 +502,10 @@ class WindowMetric(Metric, ABC):
                 for other in [other for other in state_dict if other.startswith(prefix)]:
                     del state_dict[other]
                 got = "nothing" if value is None else describe(value)
-                if isinstance(value, Tensor) and value.numel() == 1 and not value.dtype.is_floating_point:
+                if isinstance(value, Tensor) and value.dim() == 0 and not value.dtype.is_floating_point:
                     got = str(int(value.item()))
                 error_msgs.append(
-                    f"{key}: expected a 1-element integer tensor >= 0, got {got}; {type(self).__name__} left unchanged"
+                    f"{key}: expected a 0-dim integer tensor >= 0, got {got}; {type(self).__name__} left unchanged"
                 )
                 return None
             fields[name] = int(value.item())
