@@ -23,6 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from tests.collectives import Collective, CollectiveLog
+from tests.dispatch_counter import DispatchCounter
 from tests.process_group import WORLD_SIZE
 from tests.reference import random_calls
 from windowmetrics import EMALoss, Windowed, WindowedMax, WindowedMean, WindowedMin, WindowedSum
@@ -218,6 +219,8 @@ class Step:
     recompute_collectives: list[Collective]
     update_gathers: int  # calls of the user's dist_sync_fn
     compute_gathers: int
+    update_reads: Optional[int]  # host reads of the update (a host-device synchronisation each on an accelerator)
+    compute_reads: Optional[int]  # and of the first compute(); None where not counted
 
 
 # The scenarios, run in each process ------------------------------------------------------------------------------
@@ -252,12 +255,14 @@ def worker(rank: int, pickled: dict[str, WindowMetric]) -> Results:
     for spec in SERIES:
         if rank in spec.ranks():
             kwargs = sync_kwargs(spec.sync, groups)
+            count_reads = spec.sync == "world" and spec.kind in VALUE_KINDS
             try:
                 metric = make_metric(spec.kind, spec.inputs, spec.nan_strategy, **kwargs)
             except TypeError as error:  # recorded for the test to report, so that the other scenarios run
                 results.not_made[spec.name] = f"{type(error).__name__}: {error}"
                 continue
-            results.series[spec.name] = run_series(metric, spec.inputs.calls[rank], spec.use_forward, log)
+            calls = spec.inputs.calls[rank]
+            results.series[spec.name] = run_series(metric, calls, spec.use_forward, log, count_reads)
     for kind in WRAPPED_KINDS:
         for sync in SYNCS:
             if rank == 0 or sync != "rank0":
@@ -288,18 +293,34 @@ def attempt(action: Callable[[], T]) -> tuple[Optional[T], str]:
         return None, f"{type(error).__name__}: {error}"
 
 
-def run_series(metric: WindowMetric, calls: Sequence[Args], use_forward: bool, log: CollectiveLog) -> list[Step]:
-    """Feed the calls; after each, call ``compute()`` twice; record values, errors, warnings and collectives."""
+def counted(action: Callable[[], T], count_reads: bool) -> tuple[T, Optional[int]]:
+    """Return what ``action()`` returns and, if ``count_reads``, the host reads it made (else ``None``)."""
+    if not count_reads:
+        return action(), None
+    with DispatchCounter() as counter:
+        result = action()
+    return result, counter.sync_count
+
+
+def run_series(
+    metric: WindowMetric, calls: Sequence[Args], use_forward: bool, log: CollectiveLog, count_reads: bool = False
+) -> list[Step]:
+    """Feed the calls; after each, call ``compute()`` twice; record values, errors, warnings, collectives and (with
+    ``count_reads``) host reads."""
     steps = []
     for args in calls:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             gathers = GATHER_CALLS[0]
             feed = partial(metric, *args) if use_forward else partial(metric.update, *args)
-            (returned, error), update_collectives = log.during(partial(attempt, feed))
+            ((returned, error), update_reads), update_collectives = log.during(
+                partial(counted, partial(attempt, feed), count_reads)
+            )
             update_gathers = GATHER_CALLS[0] - gathers
             gathers = GATHER_CALLS[0]
-            (computed, compute_error), compute_collectives = log.during(partial(attempt, metric.compute))
+            ((computed, compute_error), compute_reads), compute_collectives = log.during(
+                partial(counted, partial(attempt, metric.compute), count_reads)
+            )
             compute_gathers = GATHER_CALLS[0] - gathers
         (recomputed, _), recompute_collectives = log.during(partial(attempt, metric.compute))
         steps.append(
@@ -318,6 +339,8 @@ def run_series(metric: WindowMetric, calls: Sequence[Args], use_forward: bool, l
                 recompute_collectives=recompute_collectives,
                 update_gathers=update_gathers,
                 compute_gathers=compute_gathers,
+                update_reads=update_reads,
+                compute_reads=compute_reads,
             )
         )
     return steps

@@ -367,7 +367,9 @@ def synchronisation(distributed: Distributed, spec: SeriesSpec, rank: int) -> li
 @pytest.mark.parametrize("spec", SERIES, ids=lambda spec: spec.name)
 def test_series_collectives(distributed: Distributed, spec: SeriesSpec) -> None:
     """One synchronisation per boundary and per uncached ``compute()`` of the aggregate, none between boundaries,
-    none from a cached ``compute()`` (one again after a ``compute()`` that raised); none at all without sync.
+    none from a cached ``compute()`` (one again after a ``compute()`` that raised); none at all without sync. Over
+    the default group, a boundary and a ``compute()`` of windowmetrics' own metrics read the device exactly once
+    (the collective's result, with the lockstep check and any NaN count), and an update between boundaries never.
 
     ``EMALoss.compute()`` synchronises before its first window, and reads the latest average after it. A user's
     ``dist_sync_fn`` is called once per synchronisation of a windowmetrics metric.
@@ -385,6 +387,9 @@ def test_series_collectives(distributed: Distributed, spec: SeriesSpec) -> None:
                 assert step.compute_gathers == int(expected.compute_synchronises), where
             if spec.sync != "off" and spec.kind in VALUE_KINDS:
                 assert len(sync) == (1 if spec.sync != "fn" else len(distributed.results[rank].one_gather))
+            if step.update_reads is not None:  # counted: the world series of windowmetrics' own metrics
+                assert step.update_reads == (1 if expected.boundary else 0), (where, step.update_reads)
+                assert step.compute_reads == (1 if expected.compute_synchronises else 0), (where, step.compute_reads)
 
 
 def test_unwrapped_metrics_synchronise_in_compute(distributed: Distributed) -> None:
