@@ -18,8 +18,10 @@ host-device synchronisation per host read. The budget (SPEC, "Values, weights an
 - ``forward`` that returns the cached window value dispatches nothing beyond its update: the window value is
   rounded to the output dtype once per window (:data:`PRESENTING_OPS`), whoever reads it first.
 
-:data:`UPDATE_OPS`, :data:`EXTREME_OPS` and :data:`CLOSE_OPS` are the exact counts; a change to the package that
-moves them must update them here, and say why. tests/test_cuda.py checks the same counts on CUDA tensors.
+:data:`UPDATE_OPS` and :data:`EXTREME_OPS` are the exact counts of an update; a change to the package that moves
+them must update them here, and say why. :data:`CLOSE_OPS` are the most operators that closing a window may add (the
+counts at commit 65ea74e): a boundary may get cheaper, never dearer. tests/test_cuda.py checks the same counts on
+CUDA tensors.
 """
 
 from collections.abc import Callable, Iterator
@@ -113,7 +115,7 @@ class Case:
         return UPDATE_OPS[self.nan_strategy, self.loss, self.weight]
 
     def close_ops(self) -> int:
-        """The operators that closing a window adds to its last update, the window's NaN count read included."""
+        """The most operators that closing a window may add to its last update, the NaN count's read included."""
         reads = CLOSE_READS[self.nan_strategy]
         if self.metric in EXTREMES:
             drops = self.nan_strategy in DROPPING
@@ -224,7 +226,8 @@ CLOSE_OPS: dict[str, int] = {
     "WindowedMax": 11,
     "WindowedMin": 11,
 }
-"""Exact operators that closing a window adds to its last update, by class (before the additions below)."""
+"""At most this many operators that closing a window adds to its last update, by class (before the additions
+below): the counts at commit 65ea74e, where each was exact."""
 
 NUMBER_WEIGHTS_FOLD_OPS = 1
 """A window fed number weights folds their host sum into ``weight_sum`` at the boundary: one ``add_``."""
@@ -327,7 +330,7 @@ def test_a_boundary_reads_the_device_at_most_once(case: Case, operation: str) ->
     presenting = PRESENTING_OPS if operation == "forward" else 0
     count = case.update_ops() + case.close_ops() + presenting
     for where, counter in measured.items():
-        assert counter.op_count == count, f"{where}: expected {count} operators\n{describe(measured)}"
+        assert counter.op_count <= count, f"{where}: expected at most {count} operators\n{describe(measured)}"
     # Counting changes nothing: the value is the window's, computed independently.
     window_value = metric.window_value
     assert window_value is not None
@@ -350,8 +353,12 @@ def test_forward_returns_the_cached_window_value_at_no_cost(metric_name: str) ->
         forward = counted(lambda: metric(*args))
         assert forward.op_count == case.update_ops(), forward.ops
         assert forward.sync_count == 0, forward.host_reads
+    twin = case.build()  # the same updates, by update()
+    for _ in range(2 * WINDOW - 1):
+        twin.update(*args)
+    by_update = counted(lambda: twin.update(*args))
     boundary = counted(lambda: metric(*args))  # a new window value, rounded once by the forward that makes it
-    assert boundary.op_count == case.update_ops() + case.close_ops() + PRESENTING_OPS, boundary.ops
+    assert boundary.ops == [*by_update.ops, *["_to_copy"] * PRESENTING_OPS], (boundary.ops, by_update.ops)
     assert counted(lambda: metric.window_value).ops == []
 
 
