@@ -6,7 +6,7 @@ raises if they differ (a process that got out of step would otherwise wait in a 
 or mix two windows).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import torch
@@ -35,50 +35,46 @@ def out_of_step(counts: list[int]) -> RuntimeError:
 
 
 def sum_over_processes(
-    statistics: Tensor,
-    updates: int,
-    group: Optional[Any] = None,
-    gather: Optional[GatherFn] = None,
-    read: Optional[int] = None,
-) -> tuple[Tensor, Optional[float]]:
-    """Return the float64 vector ``statistics`` summed over every process of ``group``, with one collective.
+    statistics: Sequence[Tensor], updates: int, group: Optional[Any] = None, gather: Optional[GatherFn] = None
+) -> list[list[float]]:
+    """Return the float64 tensors ``statistics`` summed over every process of ``group``, with one collective.
 
-    The collective is an ``all_reduce`` (its cost grows with the logarithm of the number of processes, and every
-    process gets the same bits), unless the metric was given a torchmetrics ``dist_sync_fn``: that gather is
-    used instead, and the rows are added in rank order. ``updates`` travels with the statistics, as its value
-    and its square: ``n * sum(c**2) == sum(c)**2`` holds exactly when all ``n`` counts are equal. Reading the
-    two counts back is the one read of the device that a synchronisation makes; the sums stay on the device.
+    The tensors travel packed into one, with ``updates`` as its value and its square: ``n * sum(c**2) == sum(c)**2``
+    holds exactly when all ``n`` counts are equal. The collective is an ``all_reduce`` (its cost grows with the
+    logarithm of the number of processes, and every process gets the same bits), unless the metric was given a
+    torchmetrics ``dist_sync_fn``: that gather is used instead, and the rows are added in rank order. The sums and
+    the counts come back to the host together: the one read of the device that a synchronisation makes.
 
     Args:
-        statistics: a 1-D float64 tensor, the same length on every process.
+        statistics: 1-D float64 tensors on one device, the same shapes on every process.
         updates: this process's number of updates since its last reset.
         group: the process group (``None``: the default group).
         gather: a torchmetrics ``dist_sync_fn`` to use instead of ``all_reduce``.
-        read: the index of a statistic to read back with the counts (a NaN count), in the same read.
 
     Returns:
-        The summed statistics, and the summed statistic ``read`` as a Python float (``None`` without ``read``).
+        Each tensor's sums over all processes, as a list of Python floats.
 
     Raises:
         RuntimeError: If the processes are at different updates.
     """
     count = updates % _COUNT_MODULUS
-    checked = torch.tensor([count, count * count], dtype=torch.float64).to(statistics.device)
-    packed = torch.cat((statistics, checked))
+    device = statistics[0].device
+    checked = torch.tensor([count, count * count], dtype=torch.float64)
+    packed = torch.cat((*statistics, checked if device.type == "cpu" else checked.to(device)))
     if gather is None:
         dist.all_reduce(packed, group=group)
         world, totals = dist.get_world_size(group), packed
     else:
         rows = gather(packed, group=group)
         world, totals = len(rows), torch.stack(rows).sum(dim=0)
-    if read is None:
-        count_sum, square_sum = totals[-2:].tolist()
-        value = None
-    else:
-        value, count_sum, square_sum = torch.cat((totals[read : read + 1], totals[-2:])).tolist()
+    *numbers, count_sum, square_sum = totals.tolist()
     if world * square_sum != count_sum * count_sum:
-        raise out_of_step(_gathered_counts(updates, statistics.device, group))
-    return totals[:-2], value
+        raise out_of_step(_gathered_counts(updates, device, group))
+    sums, start = [], 0
+    for statistic in statistics:
+        sums.append(numbers[start : start + statistic.numel()])
+        start += statistic.numel()
+    return sums
 
 
 def gather_from_processes(

@@ -182,34 +182,44 @@ class WeightedSums(WindowMetric):
             self.weight_sum.add_(self._number_weights)
             self.__dict__["_number_weights"] = 0.0
 
-    def _sums(self, element: int, where: str) -> Tensor:
-        """Return ``[value sum, weight sum, NaN count]`` of the window or the aggregate, over all processes.
+    def _sums(self, element: int, where: str) -> tuple[Tensor, Tensor]:
+        """Return the sums of values and of weights, over all processes, ``[window, since reset]`` each.
 
-        Synchronised in one collective when torchmetrics' settings say so; the NaN count is read (with the
-        collective's check, in one read) and reported when the strategy reports.
+        Synchronised in one collective when torchmetrics' settings say so: every sum travels in it, and is read back
+        with the collective's check, in one read of the device. Without it, nothing is read but the NaN count of a
+        strategy that reports it. The NaN count of ``element`` (0: the window, 1: the aggregate) is reported as
+        the strategy says.
         """
         self._fold_number_weights()
-        sums = torch.stack((self.value_sum[element], self.weight_sum[element], self.nan_count[element]))
         reports = self._nans.reports
         if self.sync_on_compute and not self._is_synced and self.distributed_available_fn():
-            sums, nans = sum_over_processes(
-                sums, self._update_count, self.process_group, self.dist_sync_fn, read=2 if reports else None
+            totals = sum_over_processes(
+                [self.value_sum, self.weight_sum, self.nan_count],
+                self._update_count,
+                self.process_group,
+                self.dist_sync_fn,
             )
-        elif reports:
-            nans = sums[2].item()
+            if reports:
+                self._nans.report(int(totals[2][element]), where)
+            values, weights = torch.tensor(totals[:2], dtype=torch.float64, device=self._device)
+            return values, weights
         if reports:
-            self._nans.report(int(nans or 0), where)
-        return sums
+            self._nans.report(int(self.nan_count[element].item()), where)
+        return self.value_sum, self.weight_sum
 
-    def _worth(self, sums: Tensor) -> Tensor:
-        """Return what ``[value sum, weight sum, NaN count]`` are worth: a 0-dim float64 tensor."""
+    def _value_of(self, element: int, where: str) -> Tensor:
+        """Return what the window (``element`` 0) or the aggregate (1) is worth over all processes, a 0-dim tensor."""
+        return self._worth(*self._sums(element, where))[element]
+
+    def _worth(self, value_sums: Tensor, weight_sums: Tensor) -> Tensor:
+        """Return what sums of values and of weights are worth, element by element: a new float64 tensor."""
         raise NotImplementedError
 
     def _close_window(self) -> Tensor:
-        return self._worth(self._sums(WINDOW, "the window"))
+        return self._value_of(WINDOW, "the window")
 
     def _aggregate_value(self) -> Tensor:
-        return self._worth(self._sums(SINCE_RESET, "the updates since the last reset")).to(output_dtype())
+        return self._value_of(SINCE_RESET, "the updates since the last reset").to(output_dtype())
 
     def _clear_window(self) -> None:
         self._fold_number_weights()
@@ -249,8 +259,7 @@ class WeightedSums(WindowMetric):
     def _sync_dist(self, dist_sync_fn: GatherFn = gather_all_tensors, process_group: Optional[Any] = None) -> None:
         """Replace each sum by its sum over all processes, in one collective (torchmetrics' ``sync()``)."""
         group = process_group or self.process_group
-        packed = torch.cat([getattr(self, name) for name in _SUMS])
         gather = None if dist_sync_fn is gather_all_tensors and self.dist_sync_fn is None else dist_sync_fn
-        totals, _ = sum_over_processes(packed, self._update_count, group, gather)
-        for index, name in enumerate(_SUMS):
-            setattr(self, name, totals[2 * index : 2 * index + 2].clone())
+        totals = sum_over_processes([getattr(self, name) for name in _SUMS], self._update_count, group, gather)
+        for name, total in zip(_SUMS, totals, strict=True):
+            setattr(self, name, torch.tensor(total, dtype=torch.float64, device=self._device))

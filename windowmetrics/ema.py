@@ -110,14 +110,15 @@ class EMALoss(WeightedSums):
         """Return the arguments that configure the metric, as ``repr`` shows them."""
         return f"decay={self.decay}, {super().extra_repr()}"
 
-    def _worth(self, sums: Tensor) -> Tensor:
-        return sums[0] / sums[1]
+    def _worth(self, value_sums: Tensor, weight_sums: Tensor) -> Tensor:
+        return value_sums / weight_sums
 
     def _close_window(self) -> Tensor:
-        sums = self._sums(WINDOW, "the window")
-        weighted = sums[1] != 0
+        values, weights = self._sums(WINDOW, "the window")
+        mean, weight = (values / weights)[WINDOW], weights[WINDOW]
+        weighted = weight != 0
         decay, numerator, denominator = self.decay, self.ema_numerator, self.ema_denominator
-        numerator = torch.where(weighted, decay * numerator + (1 - decay) * self._worth(sums), numerator)
+        numerator = torch.where(weighted, decay * numerator + (1 - decay) * mean, numerator)
         denominator = torch.where(weighted, decay * denominator + (1 - decay), denominator)
         self.__dict__["ema_numerator"], self.__dict__["ema_denominator"] = numerator, denominator
         return numerator / denominator
@@ -126,4 +127,4 @@ class EMALoss(WeightedSums):
         """Return the latest average; before the first window completes, the mean of the window in progress."""
         if self._has_latest:
             return self.latest.to(output_dtype())
-        return self._worth(self._sums(WINDOW, "the window")).to(output_dtype())
+        return self._value_of(WINDOW, "the window").to(output_dtype())

@@ -96,5 +96,5 @@ class WindowedMean(WeightedSums):
         self._count_update()
         return self.window_value
 
-    def _worth(self, sums: Tensor) -> Tensor:
-        return sums[0] / sums[1]
+    def _worth(self, value_sums: Tensor, weight_sums: Tensor) -> Tensor:
+        return value_sums / weight_sums

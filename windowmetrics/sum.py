@@ -79,5 +79,5 @@ class WindowedSum(WeightedSums):
         self._count_update()
         return self.window_value
 
-    def _worth(self, sums: Tensor) -> Tensor:
-        return sums[0]
+    def _worth(self, value_sums: Tensor, weight_sums: Tensor) -> Tensor:
+        return value_sums.clone()  # the window's element is cleared in place when the window closes
