@@ -23,6 +23,7 @@ from torchmetrics.utilities.exceptions import TorchMetricsUserError
 
 import windowmetrics._window as window_module
 from tests.test_checkpoint_entries import assert_same, everything
+from tests.versions import NO_DISABLED_NAN_STRATEGY, SUM_METRIC_NOT_ON_META
 from windowmetrics import EMALoss, WindowedMax, WindowedMean, WindowedMin, WindowedSum
 from windowmetrics._lightning import LightningReset
 from windowmetrics._window import WindowMetric
@@ -290,7 +291,7 @@ def test_compute_with_no_update_is_what_max_metric_returns_with_its_warning(
 
 
 @pytest.mark.parametrize("name", CLASSES)
-@pytest.mark.parametrize("nan_strategy", ["disable", "ignore"])
+@pytest.mark.parametrize("nan_strategy", [pytest.param("disable", marks=NO_DISABLED_NAN_STRATEGY), "ignore"])
 def test_compute_agrees_with_max_metric_over_the_same_inputs(name: str, nan_strategy: Any) -> None:
     rng = random.Random(name)
     counterpart = (MaxMetric if name == "max" else MinMetric)(nan_strategy=nan_strategy)
@@ -614,6 +615,7 @@ def test_torch_jit_script_of_the_metric_and_of_a_module_holding_it(name: str) ->
     torch.testing.assert_close(scripted(x), holder(x), rtol=0, atol=0)
 
 
+@SUM_METRIC_NOT_ON_META
 @pytest.mark.parametrize("name", CLASSES)
 def test_creation_under_the_meta_device(name: str) -> None:
     with torch.device("meta"):

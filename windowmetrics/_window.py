@@ -450,8 +450,8 @@ class WindowMetric(Metric, ABC):
         when the states are loaded: load them after ``torch.distributed`` is initialised (as
         ``Trainer.fit(ckpt_path=...)`` does).
         """
-        if self._device.type == "meta":
-            self._materialise_for(state_dict, prefix)
+        if any(isinstance(default, Tensor) and default.is_meta for default in self._defaults.values()):
+            self._materialise_for(state_dict, prefix)  # (torchmetrics < 1.4 gives such a metric the CPU as device)
         loaded = load_position(self, state_dict, prefix, strict, error_msgs)
         if loaded is Absent.REFUSED:
             return

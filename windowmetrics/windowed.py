@@ -25,7 +25,7 @@ def merges_exactly(metric: Metric) -> bool:
     True where torchmetrics has ``merge_state`` and either the metric's class provides its own or every state
     of the metric (and of the metrics it holds) is reduced by a sum, a maximum, a minimum or a concatenation.
     """
-    if not hasattr(metric, "merge_state"):  # torchmetrics < 1.5
+    if not hasattr(metric, "merge_state"):  # torchmetrics < 1.6
         return False
     if type(metric).merge_state is not Metric.merge_state:
         return True
@@ -64,7 +64,7 @@ class Windowed(WindowMetric):
     samples of the window's batches, whatever their sizes, never an average of per-batch values.
 
     ``compute()`` is the wrapped metric over every update since the last reset. Where torchmetrics can merge the
-    wrapped metric's states exactly (``merge_state``, torchmetrics >= 1.5, states reduced by sum, max, min or
+    wrapped metric's states exactly (``merge_state``, torchmetrics >= 1.6, states reduced by sum, max, min or
     concatenation: accuracy, F1, AUROC, ``MeanMetric``...), each window's states are merged into an aggregate
     copy at its boundary, and an update costs one update of the wrapped metric; for any other metric, the
     aggregate copy is updated beside the window's, and an update costs two. The wrapped metric's values are
