@@ -1,17 +1,21 @@
 """The version matrix: the test suite against every minor release of the torchmetrics and Lightning we declare.
 
-``.venv/bin/nox`` runs every session (each in a venv of its own under ``.nox/``, about 40 minutes on 2 cores);
-``.venv/bin/nox -s torchmetrics-1.3`` runs one, ``.venv/bin/nox -t lightning`` one family, ``.venv/bin/nox -l``
-lists them, and arguments after ``--`` go to pytest. Each session installs PyTorch's CPU build first (the
-``torch==2.13.0`` wheel that the README's set-up uses: PyPI's default build for Linux is a CUDA one of several
-GB), then the pinned release, then ``-e .[test]``, all under a constraints file that holds the pins, so that
-pip cannot move them.
+``.venv/bin/nox`` runs every session (each in a venv of its own under ``.nox/``, about 40 minutes on 2 cores, more for
+the sessions of an old PyTorch, which download a CUDA build); ``.venv/bin/nox -s torchmetrics-1.3`` runs one,
+``.venv/bin/nox -t lightning`` one family, ``.venv/bin/nox -l`` lists them, and arguments after ``--`` go to pytest.
+Each session installs its PyTorch first, then the pinned releases, then ``-e .[test]``, all under a constraints file
+that holds the pins, so that pip cannot move them. Its PyTorch is a parameter of the session: the ``torchmetrics-``
+and ``lightning-`` sessions take PyTorch's CPU build that the README's set-up uses (``torch==2.13.0``, a local wheel:
+PyPI's default build for Linux is a CUDA one of several GB); the ``torch-`` sessions and ``oldest`` take PyPI's build
+of their release (a CUDA build, which runs on the CPU too).
 
 - ``torchmetrics-X.Y``: the newest patch release of each torchmetrics minor from the declared floor on, with
   the newest Lightning;
 - ``lightning-X.Y``: the same for Lightning (``lightning`` and ``pytorch-lightning``), with the newest
   torchmetrics;
-- ``oldest``: the oldest declared torchmetrics and Lightning together (``.ci/run`` runs it);
+- ``torch-X.Y``: the declared PyTorch floor, a release about halfway to the newest, and the newest, each with the
+  newest torchmetrics and Lightning that support it;
+- ``oldest``: the oldest declared PyTorch, torchmetrics and Lightning together (``.ci/run`` runs it);
 - ``python-X.Y``: the Pythons these machines have but no CPU build of PyTorch for: the sources byte-compile
   with warnings as errors, the wheel installs, and the modules that need no PyTorch import;
 - ``package``: builds the sdist and the wheel, checks them (``twine check --strict``, ``check-wheel-contents``,
@@ -36,9 +40,15 @@ nox.options.download_python = "never"  # an interpreter comes from this machine 
 nox.options.error_on_missing_interpreters = True
 
 ROOT = Path(__file__).resolve().parent
-TORCH = "torch==2.13.0"  # PyTorch's CPU build, from the local wheel; a range would let pip take a CUDA build
+TORCH_CPU = "2.13.0"  # PyTorch's CPU build, from the local wheel; a range would let pip take a CUDA build
+TORCH = ("2.1.2", "2.7.1", "2.14.1")  # the declared floor, about halfway, the newest: PyPI's (CUDA) builds
 TORCHMETRICS = ("1.3.2", "1.4.3", "1.5.2", "1.6.3", "1.7.4", "1.8.2", "1.9.0")
 LIGHTNING = ("2.1.4", "2.2.5", "2.3.3", "2.4.0", "2.5.6", "2.6.6")
+# The newest torchmetrics and Lightning that support each torch session's release, as they declare it: torchmetrics
+# 1.9 requires torch>=2.0, Lightning 2.6 torch>=2.1.
+NEWEST_FOR_TORCH = {version: (TORCHMETRICS[-1], LIGHTNING[-1]) for version in TORCH}
+# PyTorch < 2.3 was built against NumPy 1: with NumPy 2 its tensor<->array conversions fail.
+NUMPY_1 = "numpy<2"
 # Lightning < 2.4 runs `__import__("pkg_resources")` when it is imported; setuptools 82 removed pkg_resources.
 PKG_RESOURCES = {"2.1.4", "2.2.5", "2.3.3"}
 SETUPTOOLS_WITH_PKG_RESOURCES = "setuptools<82"
@@ -58,11 +68,19 @@ def lightning_pins(version: str) -> list[str]:
     return pins
 
 
-def install_pinned(session: nox.Session, pins: Sequence[str], *requirements: str) -> None:
-    """Install torch, then ``pins``, then ``requirements``, all under a constraints file of the pins."""
+def torch_pins(version: str) -> list[str]:
+    """The pins of one PyTorch release: itself, and a NumPy it can convert arrays with."""
+    pins = [f"torch=={version}"]
+    if tuple(int(part) for part in version.split(".")[:2]) < (2, 3):
+        pins.append(NUMPY_1)
+    return pins
+
+
+def install_pinned(session: nox.Session, torch: str, pins: Sequence[str], *requirements: str) -> None:
+    """Install PyTorch ``torch``, then ``pins``, then ``requirements``, all under a constraints file of the pins."""
     constraints = Path(session.create_tmp()) / "constraints.txt"
-    constraints.write_text("\n".join([TORCH, *pins]) + "\n")
-    session.install(TORCH, "-c", str(constraints))
+    constraints.write_text("\n".join([*torch_pins(torch), *pins]) + "\n")
+    session.install(*torch_pins(torch), "-c", str(constraints))
     if pins:
         session.install(*pins, "-c", str(constraints))
     session.install("-c", str(constraints), *requirements)
@@ -70,30 +88,35 @@ def install_pinned(session: nox.Session, pins: Sequence[str], *requirements: str
         "python",
         "-c",
         "import importlib.metadata as m; print(*(f'{d} {m.version(d)}' for d in"
-        " ('torch', 'torchmetrics', 'lightning', 'pytorch-lightning', 'lightning-utilities', 'setuptools')),"
+        " ('torch', 'torchmetrics', 'lightning', 'pytorch-lightning', 'lightning-utilities', 'numpy', 'setuptools')),"
         " sep=', ')",
     )
 
 
-def run_suite(session: nox.Session, pins: Sequence[str]) -> None:
+def run_suite(session: nox.Session, torch: str, pins: Sequence[str]) -> None:
     """Install the pinned environment and run pytest (the whole suite, or the arguments after ``--``)."""
-    install_pinned(session, pins, "-e", ".[test]")  # not [dev]: its tools need a newer `packaging` than old Lightning
+    # not [dev]: its tools need a newer `packaging` than old Lightning
+    install_pinned(session, torch, pins, "-e", ".[test]")
     session.run("python", "-m", "pytest", "-p", "no:cacheprovider", *session.posargs)
 
 
-def _register_suite(name: str, pins: list[str], tags: list[str]) -> None:
+def _register_suite(name: str, torch: str, pins: list[str], tags: list[str]) -> None:
     @nox.session(name=name, tags=tags)
     def suite(session: nox.Session) -> None:
-        run_suite(session, pins)
+        run_suite(session, torch, pins)
 
-    suite.__doc__ = f"The test suite with {', '.join(pins)}."
+    suite.__doc__ = f"The test suite with {', '.join([*torch_pins(torch), *pins])}."
 
 
 for _version in TORCHMETRICS:
-    _register_suite(f"torchmetrics-{minor(_version)}", [f"torchmetrics=={_version}"], ["torchmetrics"])
+    _register_suite(f"torchmetrics-{minor(_version)}", TORCH_CPU, [f"torchmetrics=={_version}"], ["torchmetrics"])
 for _version in LIGHTNING:
-    _register_suite(f"lightning-{minor(_version)}", lightning_pins(_version), ["lightning"])
-_register_suite("oldest", [f"torchmetrics=={TORCHMETRICS[0]}", *lightning_pins(LIGHTNING[0])], ["oldest"])
+    _register_suite(f"lightning-{minor(_version)}", TORCH_CPU, lightning_pins(_version), ["lightning"])
+for _version, (_torchmetrics, _lightning) in NEWEST_FOR_TORCH.items():
+    _register_suite(
+        f"torch-{minor(_version)}", _version, [f"torchmetrics=={_torchmetrics}", *lightning_pins(_lightning)], ["torch"]
+    )
+_register_suite("oldest", TORCH[0], [f"torchmetrics=={TORCHMETRICS[0]}", *lightning_pins(LIGHTNING[0])], ["oldest"])
 
 
 def interpreter(version: str) -> str:
@@ -190,8 +213,8 @@ def package(session: nox.Session) -> None:
     subprocess.run([sys.executable, "-m", "venv", str(fresh)], check=True)
     python = str(fresh / "bin" / "python")
     constraints = fresh / "constraints.txt"
-    constraints.write_text(TORCH + "\n")
-    session.run(python, "-m", "pip", "install", "-q", TORCH, "-c", str(constraints), external=True)
+    constraints.write_text(f"torch=={TORCH_CPU}\n")
+    session.run(python, "-m", "pip", "install", "-q", f"torch=={TORCH_CPU}", "-c", str(constraints), external=True)
     session.run(python, "-m", "pip", "install", "-q", str(dist["wheel"]), "-c", str(constraints), external=True)
     with session.chdir(fresh):  # outside the clone: the installed wheel is imported, not the sources
         session.run(

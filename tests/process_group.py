@@ -48,6 +48,20 @@ def run_in_process_group(worker: Worker, directory: Path, *args: Any) -> list[An
     return results
 
 
+def destroy_process_group() -> None:
+    """``dist.destroy_process_group()`` once every process of the group has called it: a barrier, then the destroy.
+
+    The barrier is for PyTorch before 2.8, whose gloo process group keeps the GIL while its destructor joins its
+    worker threads (fixed by pytorch/pytorch#154976). A thread that is still freeing the last collective (the
+    tensors of an ``all_gather``, whose Python objects it must drop) needs the GIL, so the destructor and the
+    thread wait for each other for ever: the suite hung so, in ``dist.destroy_process_group()``, on torch 2.1 and
+    2.7. A barrier waits for every collective before it with the GIL released, which lets those threads finish
+    first. Call it where every process reaches it: a process whose worker failed destroys its group without it.
+    """
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _process(rank: int, port: int, directory: Path, worker: Worker, args: tuple[Any, ...]) -> None:
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE, timeout=TIMEOUT
@@ -58,8 +72,10 @@ def _process(rank: int, port: int, directory: Path, worker: Worker, args: tuple[
             raise RuntimeError(f"process {rank} is not in a gloo group of {WORLD_SIZE} processes")
         result = worker(rank, *args)
         _result_file(directory, rank).write_bytes(pickle.dumps(result))
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        dist.destroy_process_group()  # without the barrier, which the other process may never reach
+        raise
+    destroy_process_group()
 
 
 def _result_file(directory: Path, rank: int) -> Path:

@@ -41,7 +41,7 @@ from tests.logged_reference import (
     loss_call,
 )
 from tests.reference import Call, mean_of, sum_of
-from tests.versions import OLD_LIGHTNING_RESUMES
+from tests.versions import OLD_LIGHTNING_RESUMES, cpu_lacks_precision
 from windowmetrics import EMALoss, Windowed, WindowedMean, WindowedSum
 from windowmetrics._window import WindowMetric
 
@@ -155,7 +155,13 @@ PRECISION_DTYPES = {
 }
 
 
-@pytest.mark.parametrize("precision", ["bf16-true", "16-true", "64-true"])
+@pytest.mark.parametrize(
+    "precision",
+    [
+        pytest.param(precision, marks=cpu_lacks_precision(precision))
+        for precision in ("bf16-true", "16-true", "64-true")
+    ],
+)
 def test_windows_logged_under_a_true_precision_are_the_reference_windows_in_float32_or_float64(
     tmp_path: Path, precision: str
 ) -> None:
@@ -253,7 +259,10 @@ CROSSINGS = [
 
 
 @OLD_LIGHTNING_RESUMES
-@pytest.mark.parametrize(("saved_under", "resumed_under"), CROSSINGS)
+@pytest.mark.parametrize(
+    ("saved_under", "resumed_under"),
+    [pytest.param(*crossing, marks=cpu_lacks_precision(*crossing)) for crossing in CROSSINGS],
+)
 def test_a_mid_epoch_checkpoint_resumes_exactly_under_another_precision(
     uninterrupted: Callable[[str], Run], tmp_path: Path, saved_under: str, resumed_under: str
 ) -> None:
@@ -276,7 +285,13 @@ def test_a_mid_epoch_checkpoint_resumes_exactly_under_another_precision(
     check_epoch_rows(rows, [records], "train", SERIES, EPOCH_COLUMNS)
 
 
-@pytest.mark.parametrize(("saved_under", "cast"), [("bf16-true", None), ("16-true", None), ("32", torch.bfloat16)])
+@pytest.mark.parametrize(
+    ("saved_under", "cast"),
+    [
+        pytest.param(saved_under, cast, marks=cpu_lacks_precision(saved_under))
+        for saved_under, cast in [("bf16-true", None), ("16-true", None), ("32", torch.bfloat16)]
+    ],
+)
 def test_load_from_checkpoint_under_another_precision_continues_the_window(
     uninterrupted: Callable[[str], Run], saved_under: str, cast: Optional[torch.dtype]
 ) -> None:

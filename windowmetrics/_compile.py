@@ -4,7 +4,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.compiler import is_dynamo_compiling
+
+from windowmetrics._compat import is_dynamo_compiling
 
 __all__ = ["eagerly", "is_dynamo_compiling"]
 
