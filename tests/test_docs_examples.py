@@ -6,6 +6,8 @@ reason, and a block followed by a ``text`` block marked ``<!-- output -->`` must
 """
 
 import re
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,9 @@ def test_every_python_block_runs_as_written(
         pytest.skip(f"{block.where}: {block.skip_reason}")
     monkeypatch.chdir(tmp_path)
     default_dtype = torch.get_default_dtype()
-    exec(compile(block.code, block.where, "exec"), {"__name__": "docs_block"})
+    module = types.ModuleType("docs_block")  # a real module: torch.compile (dynamo of torch 2.1) imports it by name
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(block.code, block.where, "exec"), module.__dict__)
     assert torch.get_default_dtype() == default_dtype, "a block must leave torch's default dtype as it found it"
     if block.output is not None:
         assert capsys.readouterr().out == block.output
