@@ -136,20 +136,20 @@ def _strict_of_the_load(strict: bool) -> bool:
     return strict
 
 
+def is_integer_entry(value: object) -> bool:
+    """Whether ``value`` is a 0-dim integer tensor (a bool is not), as :func:`save_position` saves every field."""
+    if not isinstance(value, Tensor) or value.dim() != 0:
+        return False
+    return not (value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool)
+
+
 def _field_problem(fields: dict[str, Any], keys: dict[str, str]) -> Optional[str]:
     """Return what is wrong with the position's entries (each a 0-dim integer tensor), naming the key, or ``None``."""
     for name in _FIELDS:
         if name not in fields:
             return f"{keys[name]}: missing; the states of a window metric load only with its position"
-        value = fields[name]
-        if (
-            not isinstance(value, Tensor)
-            or value.dim() != 0
-            or value.dtype.is_floating_point
-            or value.dtype.is_complex
-            or value.dtype == torch.bool
-        ):
-            return f"{keys[name]}: expected a 0-dim integer tensor, got {_describe(value)}"
+        if not is_integer_entry(fields[name]):
+            return f"{keys[name]}: expected a 0-dim integer tensor, got {_describe(fields[name])}"
     return None
 
 

@@ -14,7 +14,14 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 from torchmetrics.utilities.exceptions import TorchMetricsUserError
 from torchmetrics.utilities.plot import _AX_TYPE, _PLOT_OUT_TYPE
 
-from windowmetrics._checkpoint import FIELD_PREFIX, Absent, Position, load_position, save_position
+from windowmetrics._checkpoint import (
+    FIELD_PREFIX,
+    Absent,
+    Position,
+    is_integer_entry,
+    load_position,
+    save_position,
+)
 from windowmetrics._distributed import GatherFn
 from windowmetrics._lightning import LightningReset, lightning_reset_caller, lightning_sanity_checking
 from windowmetrics._validation import check_flag, check_window, describe
@@ -491,18 +498,11 @@ class WindowMetric(Metric, ABC):
         for name in self._extra_fields():
             key = f"{prefix}{FIELD_PREFIX}{name}"
             value = state_dict.pop(key, None)
-            if (
-                not isinstance(value, Tensor)
-                or value.dim() != 0
-                or value.dtype.is_floating_point
-                or value.dtype.is_complex
-                or value.dtype == torch.bool
-                or int(value.item()) < 0
-            ):
+            if not is_integer_entry(value) or int(value.item()) < 0:
                 for other in [other for other in state_dict if other.startswith(prefix)]:
                     del state_dict[other]
                 got = "nothing" if value is None else describe(value)
-                if isinstance(value, Tensor) and value.dim() == 0 and not value.dtype.is_floating_point:
+                if is_integer_entry(value):
                     got = str(int(value.item()))
                 error_msgs.append(
                     f"{key}: expected a 0-dim integer tensor >= 0, got {got}; {type(self).__name__} left unchanged"
