@@ -1,11 +1,13 @@
 """Run a function in each process of a real two-process gloo group on this machine's loopback interface."""
 
+import os
 import pickle
 import socket
+import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import torch.distributed as dist
@@ -62,6 +64,20 @@ def destroy_process_group() -> None:
     dist.destroy_process_group()
 
 
+def exit_spawned_process() -> NoReturn:
+    """End a spawned process whose work is done and saved, once every process of its group is done too.
+
+    A barrier, then ``os._exit(0)``: no process group is destroyed. A gloo group that ``dist.new_group`` made, with
+    two worker threads, can still be freeing an ``all_gather``'s tensors on one thread while a barrier completes on
+    the other, and the destructor of PyTorch before 2.8 then deadlocks as :func:`destroy_process_group` says (seen
+    on torch 2.1 in CI). The process's results are on disk already; its exit code 0 tells the parent it succeeded.
+    """
+    dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def _process(rank: int, port: int, directory: Path, worker: Worker, args: tuple[Any, ...]) -> None:
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE, timeout=TIMEOUT
@@ -75,7 +91,7 @@ def _process(rank: int, port: int, directory: Path, worker: Worker, args: tuple[
     except BaseException:
         dist.destroy_process_group()  # without the barrier, which the other process may never reach
         raise
-    destroy_process_group()
+    exit_spawned_process()
 
 
 def _result_file(directory: Path, rank: int) -> Path:

@@ -31,7 +31,7 @@ from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from tests.collectives import Collective, CollectiveLog
-from tests.process_group import TIMEOUT, destroy_process_group, free_port
+from tests.process_group import TIMEOUT, exit_spawned_process, free_port
 from windowmetrics import EMALoss, Windowed, WindowedMax, WindowedMean, WindowedMin, WindowedSum
 from windowmetrics._window import WindowMetric
 
@@ -307,7 +307,7 @@ def one_process_worker(rank: int, directory: Path, port: int, result: Path) -> N
     except BaseException:
         dist.destroy_process_group()
         raise
-    destroy_process_group()  # past the deadlock of torch < 2.8 (tests/process_group.py)
+    exit_spawned_process()  # past the deadlock of torch < 2.8 (tests/process_group.py)
 
 
 def run_in_one_process_group(directory: Path) -> Results:
