@@ -4,6 +4,7 @@ import os
 import pickle
 import socket
 import sys
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -58,9 +59,12 @@ def destroy_process_group() -> None:
     tensors of an ``all_gather``, whose Python objects it must drop) needs the GIL, so the destructor and the
     thread wait for each other for ever: the suite hung so, in ``dist.destroy_process_group()``, on torch 2.1 and
     2.7. A barrier waits for every collective before it with the GIL released, which lets those threads finish
-    first. Call it where every process reaches it: a process whose worker failed destroys its group without it.
+    first. Gloo runs two worker threads per group, so the barrier may complete on one while the other still frees
+    the collective before it: a short sleep, with the GIL released, lets it. Call it where every process reaches it:
+    a process whose worker failed destroys its group without it.
     """
     dist.barrier()
+    time.sleep(0.2)
     dist.destroy_process_group()
 
 
