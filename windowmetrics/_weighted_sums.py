@@ -69,7 +69,7 @@ class WeightedSums(WindowMetric):
 
         The hot path: the checks of :func:`~windowmetrics._validation.check_value` and of :meth:`_before_update`
         are inlined for the commonest inputs, and the commonest update (a tensor that needs no grad, a number as
-        weight, the default strategy) is added here, in one operator (two for a per-sample loss).
+        weight, the default strategy) goes straight to :meth:`_add_values`: one operator (two for a per-sample loss).
 
         Raises:
             TypeError: If ``value`` or ``weight`` is neither a real number nor a real tensor.
@@ -92,23 +92,13 @@ class WeightedSums(WindowMetric):
                 self._add_number(checked, weight)
                 return
             checked = torch.scalar_tensor(checked, dtype=torch.float64, device=device)
-        if isinstance(weight, float):
-            if not checked.requires_grad and self._nans.propagates:  # the commonest update
-                elements = checked.numel()
-                if elements:  # _add_values, inlined
-                    summed = checked if not checked.dim() else checked.sum(dtype=torch.float64)
-                    if weight == 1.0:
-                        self.value_sum.add_(summed)
-                    else:
-                        self.value_sum.add_(summed, alpha=weight)
-                    self.__dict__["_number_weights"] = self._number_weights + weight * elements
-                return
-        elif checked.requires_grad or weight.requires_grad:
-            with torch.no_grad():  # detaching would cost an operation on the device; no_grad costs none
-                self._add_tensor(checked, weight)
+        if isinstance(weight, float) and self._nans.propagates and not checked.requires_grad:  # the commonest update
+            elements = checked.numel()
+            if elements:
+                self._add_values(checked, weight, elements)
             return
-        if checked.requires_grad:
-            with torch.no_grad():
+        if checked.requires_grad or (isinstance(weight, Tensor) and weight.requires_grad):
+            with torch.no_grad():  # detaching would cost an operation on the device; no_grad costs none
                 self._add_tensor(checked, weight)
         else:
             self._add_tensor(checked, weight)
