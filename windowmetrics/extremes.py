@@ -136,12 +136,8 @@ class _WindowedExtreme(WindowMetric):
         """Take a 0-dim tensor into both elements of ``extreme``, in place (one operator)."""
         raise NotImplementedError
 
-    def _reduce(self, value: Tensor) -> Tensor:
-        """Return the extreme element of ``value`` (a NaN propagates)."""
-        raise NotImplementedError
-
-    def _combine_rows(self, extremes: Tensor) -> Tensor:
-        """Return the extreme of the processes' extremes (a NaN propagates)."""
+    def _reduce(self, values: Tensor) -> Tensor:
+        """Return the extreme element of ``values``, an update's or the processes' extremes (a NaN propagates)."""
         raise NotImplementedError
 
     def _statistics(self, element: int, where: str, updated: bool = True) -> Tensor:
@@ -160,7 +156,7 @@ class _WindowedExtreme(WindowMetric):
             rows, nan_total = gather_from_processes(
                 statistics, self._update_count, self.process_group, self.dist_sync_fn, read=1 if reports else None
             )
-            extreme = self._combine_rows(rows[:, 0])
+            extreme = self._reduce(rows[:, 0])
             nans, elements = rows[:, 1].sum(), rows[:, 2].sum()
         elif reports:
             nan_total = nans.item()
@@ -201,7 +197,7 @@ class _WindowedExtreme(WindowMetric):
         gather = None if dist_sync_fn is gather_all_tensors and self.dist_sync_fn is None else dist_sync_fn
         packed = torch.cat((self.extreme, self.nan_count, self.element_count))
         rows, _ = gather_from_processes(packed, self._update_count, process_group or self.process_group, gather)
-        self.extreme = torch.stack([self._combine_rows(rows[:, index]) for index in (0, 1)])
+        self.extreme = torch.stack([self._reduce(rows[:, index]) for index in (0, 1)])
         self.nan_count = rows[:, 2:4].sum(dim=0)
         self.element_count = rows[:, 4:6].sum(dim=0)
 
@@ -270,11 +266,8 @@ class WindowedMax(_WindowedExtreme):
     def _take(self, value: Tensor) -> None:
         torch.maximum(self.extreme, value, out=self.extreme)
 
-    def _reduce(self, value: Tensor) -> Tensor:
-        return value.amax()
-
-    def _combine_rows(self, extremes: Tensor) -> Tensor:
-        return extremes.amax()
+    def _reduce(self, values: Tensor) -> Tensor:
+        return values.amax()
 
 
 class WindowedMin(_WindowedExtreme):
@@ -328,8 +321,5 @@ class WindowedMin(_WindowedExtreme):
     def _take(self, value: Tensor) -> None:
         torch.minimum(self.extreme, value, out=self.extreme)
 
-    def _reduce(self, value: Tensor) -> Tensor:
-        return value.amin()
-
-    def _combine_rows(self, extremes: Tensor) -> Tensor:
-        return extremes.amin()
+    def _reduce(self, values: Tensor) -> Tensor:
+        return values.amin()
