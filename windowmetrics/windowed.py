@@ -15,6 +15,9 @@ from windowmetrics._compile import eagerly, is_dynamo_compiling
 from windowmetrics._validation import check_metric, describe
 from windowmetrics._window import WindowMetric
 
+_WRAPPED = ("metric", "since_reset", "carried")
+"""The submodules that hold the wrapped metric: the window's copy, the since-reset copy, the carried part."""
+
 _MERGEABLE_REDUCTIONS = (dim_zero_sum, dim_zero_max, dim_zero_min, dim_zero_cat)
 """The reductions whose states torchmetrics' ``merge_state`` combines exactly, whatever the update counts."""
 
@@ -210,7 +213,7 @@ class Windowed(WindowMetric):
         self.since_reset.reset()
 
     def _after_reset(self) -> None:
-        for metric in (self.metric, self.since_reset, self.carried):
+        for metric in self._wrapped().values():
             metric.reset()
 
     def _rank_local_states(self) -> tuple[str, ...]:
@@ -234,11 +237,10 @@ class Windowed(WindowMetric):
 
     def _wrapped(self) -> dict[str, Metric]:
         """The wrapped metric's three copies: the window's, the since-reset aggregate's, and the carried part's."""
-        return {name: cast(Metric, self._modules[name]) for name in ("metric", "since_reset", "carried")}
+        return {name: cast(Metric, self._modules[name]) for name in _WRAPPED}
 
     def _forget_rank_local_states(self) -> None:
-        for metric in (self.metric, self.since_reset, self.carried):
-            metric.reset()
+        self._after_reset()  # every state of the wrapped metrics is this process's own
 
     def _saved_states(self) -> list[str]:
         """Name the states that ``state_dict()`` saves: the window's, and the wrapped metrics' persistent ones."""
@@ -275,7 +277,7 @@ class Windowed(WindowMetric):
         torchmetrics would cast the wrapped metric's states with the module (``.to(torch.bfloat16)``,
         Lightning's ``*-true`` precisions), as it casts its own metrics'; a window's metric keeps its precision.
         """
-        wrapped = {name: self._modules.pop(name) for name in ("metric", "since_reset", "carried")}  # out of reach
+        wrapped = {name: self._modules.pop(name) for name in _WRAPPED}  # out of fn's reach
         try:
             this = super()._apply(fn, exclude_state)
         finally:
@@ -288,7 +290,7 @@ class Windowed(WindowMetric):
     def persistent(self, mode: bool = False) -> None:
         """Say whether ``state_dict()`` saves the states, the wrapped metric's included."""
         super().persistent(mode)
-        for metric in (self.metric, self.since_reset, self.carried):
+        for metric in self._wrapped().values():
             metric.persistent(mode)
 
     def _load_from_state_dict(
