@@ -18,17 +18,10 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric, SumMetric
 
+from tests.synced_updates import FACTORIES  # one of each class, window 3
 from windowmetrics import EMALoss, Windowed, WindowedMax, WindowedMean, WindowedMin, WindowedSum
 from windowmetrics._window import WindowMetric
 
-FACTORIES: dict[str, Callable[[], WindowMetric]] = {
-    "mean": lambda: WindowedMean(3),
-    "sum": lambda: WindowedSum(3),
-    "ema": lambda: EMALoss(0.5, window=3),
-    "max": lambda: WindowedMax(3),
-    "min": lambda: WindowedMin(3),
-    "windowed": lambda: Windowed(SumMetric(), 3),
-}
 OTHER_CONFIG: dict[str, Callable[[], WindowMetric]] = {
     "mean": lambda: WindowedMean(4),
     "sum": lambda: WindowedSum(3, nan_strategy="ignore"),

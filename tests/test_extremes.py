@@ -23,6 +23,7 @@ from torchmetrics.utilities.exceptions import TorchMetricsUserError
 
 import windowmetrics._window as window_module
 from tests.test_checkpoint_entries import assert_same, everything
+from tests.test_protocol import Holder
 from tests.versions import NO_DISABLED_NAN_STRATEGY, SUM_METRIC_NOT_ON_META
 from windowmetrics import EMALoss, WindowedMax, WindowedMean, WindowedMin, WindowedSum
 from windowmetrics._lightning import LightningReset
@@ -589,17 +590,6 @@ def test_plot_one_value_a_list_of_window_values_and_the_default(name: str) -> No
 def plotted_lines(ax: Any) -> list[list[float]]:
     """The y values of each line that matplotlib drew on the axis."""
     return [[float(y) for y in line.get_ydata()] for line in ax.get_lines()]
-
-
-class Holder(torch.nn.Module):
-    def __init__(self, metric: WindowMetric) -> None:
-        super().__init__()
-        self.net = torch.nn.Linear(2, 1)
-        self.metric = metric
-
-    def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.net(x)
-        return out
 
 
 @pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning")
