@@ -158,6 +158,17 @@ class WindowMetric(Metric, ABC):
 
         What ``forward`` returns and what Lightning's ``self.log(name, metric)`` logs on step, after ``forward``
         or ``update`` alike. It is made once per window, in torch's default float dtype but never below float32.
+
+        Example:
+            >>> import torch
+            >>> from windowmetrics import WindowedMean
+            >>> metric = WindowedMean(window=2)
+            >>> metric.update(torch.tensor(1.0))
+            >>> print(metric.window_value)
+            None
+            >>> metric.update(torch.tensor(3.0))
+            >>> metric.window_value
+            tensor(2.)
         """
         if self._sanity_snapshot is not None:  # read after a sanity check that did not reset this metric
             self._follow_sanity_check()

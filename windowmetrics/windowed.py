@@ -27,6 +27,13 @@ def merges_exactly(metric: Metric) -> bool:
 
     True where torchmetrics has ``merge_state`` and either the metric's class provides its own or every state
     of the metric (and of the metrics it holds) is reduced by a sum, a maximum, a minimum or a concatenation.
+
+    Example:
+        >>> import torchmetrics
+        >>> from torchmetrics import MeanMetric
+        >>> from windowmetrics.windowed import merges_exactly
+        >>> merges_exactly(MeanMetric()) == hasattr(torchmetrics.Metric, "merge_state")  # torchmetrics >= 1.6
+        True
     """
     if not hasattr(metric, "merge_state"):  # torchmetrics < 1.6
         return False
@@ -38,14 +45,14 @@ def merges_exactly(metric: Metric) -> bool:
     return len(metrics) == 1 and all(reduction in _MERGEABLE_REDUCTIONS for reduction in metric._reductions.values())
 
 
-def copy_of(metric: Metric) -> Metric:
+def _copy_of(metric: Metric) -> Metric:
     """Return a deep copy of ``metric`` that shares its process groups (a ``ProcessGroup`` cannot be copied)."""
     groups = [module.process_group for module in metric.modules() if isinstance(module, Metric)]
     return deepcopy(metric, memo={id(group): group for group in groups if group is not None})
 
 
 @contextmanager
-def at_least_float32() -> Iterator[None]:
+def _at_least_float32() -> Iterator[None]:
     """Make torch's default float dtype at least float32 while the block runs (``bf16-true`` makes it bfloat16)."""
     previous = torch.get_default_dtype()
     if previous.itemsize >= 4:
@@ -122,13 +129,13 @@ class Windowed(WindowMetric):
         metric = check_metric(metric)
         super().__init__(window, span_epochs)
         self.metric = metric
-        self.since_reset = copy_of(metric)
+        self.since_reset = _copy_of(metric)
         self.since_reset.reset()
         self._merges = merges_exactly(metric)
         # The part of the window in progress from before the last reset that cleared the aggregate alone (a
         # spanning metric's epoch end), where windows are merged into the aggregate: it belongs to the window,
         # not to the aggregate.
-        self.carried = copy_of(self.since_reset)
+        self.carried = _copy_of(self.since_reset)
         # The wrapped metric's value over the latest window: the same on every process, never reduced.
         self.add_state("latest", torch.zeros(()), dist_reduce_fx=None)
 
@@ -160,7 +167,7 @@ class Windowed(WindowMetric):
 
     def _close_window(self) -> Tensor:
         if self.carried._update_count:
-            whole = copy_of(self.carried)
+            whole = _copy_of(self.carried)
             self._merge_into(whole, self.metric)
             value = self._value_of(whole)
         else:
@@ -178,7 +185,7 @@ class Windowed(WindowMetric):
     def _aggregate_value(self) -> Tensor:
         if not self._merges or not self.metric._update_count:
             return self._value_of(self.since_reset)
-        total = copy_of(self.since_reset)  # with the window in progress, which its boundary will merge
+        total = _copy_of(self.since_reset)  # with the window in progress, which its boundary will merge
         self._merge_into(total, self.metric)
         return self._value_of(total)
 
@@ -188,7 +195,7 @@ class Windowed(WindowMetric):
         Raises:
             TypeError: If the wrapped metric's ``compute()`` does not return a tensor.
         """
-        with at_least_float32():
+        with _at_least_float32():
             value = metric.compute()
         if not isinstance(value, Tensor):
             raise TypeError(
