@@ -2,7 +2,7 @@
 
 A "call" is the ``(value, weight)`` pair given to one ``update``/``forward``. Sums are exactly rounded
 (``math.fsum``) over the flattened, broadcast elements, so the reference does not share the metrics'
-summation order, accumulators or host/device representation.
+summation order or accumulators.
 """
 
 import math
